@@ -1,0 +1,21 @@
+"""keras_transformer: reusable Keras 3 layers for the Transformer."""
+
+from keras_transformer.layers import (
+    DecoderBlock,
+    EncoderBlock,
+    MultiHeadAttention,
+    PositionalEmbedding,
+    PositionwiseFFN,
+)
+from keras_transformer.layers import masks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecoderBlock",
+    "EncoderBlock",
+    "MultiHeadAttention",
+    "PositionalEmbedding",
+    "PositionwiseFFN",
+    "masks",
+]

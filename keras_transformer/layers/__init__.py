@@ -1,0 +1,15 @@
+"""Keras 3 layers of the Transformer, written with `keras.ops`."""
+
+from keras_transformer.layers.decoder_block import DecoderBlock
+from keras_transformer.layers.encoder_block import EncoderBlock
+from keras_transformer.layers.multi_head_attention import MultiHeadAttention
+from keras_transformer.layers.positional_embedding import PositionalEmbedding
+from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
+
+__all__ = [
+    "DecoderBlock",
+    "EncoderBlock",
+    "MultiHeadAttention",
+    "PositionalEmbedding",
+    "PositionwiseFFN",
+]

@@ -1,0 +1,122 @@
+"""What EncoderBlock and DecoderBlock share: arguments, sub-layers, residuals."""
+
+import keras
+
+from keras_transformer.layers.multi_head_attention import MultiHeadAttention
+from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
+
+
+class TransformerBlockBase(keras.layers.Layer):
+    """Base of the Transformer blocks (not used on its own).
+
+    Holds the arguments both blocks take, makes their sub-layers, and applies
+    the residual connection with layer normalization after it (post-LN, as in
+    the paper) or before the sub-layer (pre-LN, `norm_first=True`):
+
+        post-LN: x = norm(x + dropout(sublayer(x)))
+        pre-LN:  x = x + dropout(sublayer(norm(x)))
+
+    A pre-LN stack needs one more normalization after its last block; the
+    model builders add it.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        ffn_dim,
+        dropout=0.1,
+        norm_first=False,
+        layer_norm_epsilon=1e-5,
+        activation="relu",
+        head_dim=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(
+                f"`num_heads` must be a positive int. Received: num_heads={num_heads}"
+            )
+        if not isinstance(ffn_dim, int) or ffn_dim < 1:
+            raise ValueError(f"`ffn_dim` must be a positive int. Received: ffn_dim={ffn_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        self.num_heads = num_heads
+        self.ffn_dim = ffn_dim
+        self.dropout = dropout
+        self.norm_first = norm_first
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.activation = keras.activations.get(activation)
+        self.head_dim = head_dim
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    def _check_sequence_shape(self, name, shape):
+        if len(shape) != 3 or shape[-1] is None:
+            raise ValueError(
+                f"`{name}` must have shape (batch, length, embed_dim) with a known "
+                f"embed_dim. Received: {name}.shape={tuple(shape)}"
+            )
+
+    def _make_attention(self, name):
+        return MultiHeadAttention(
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            dropout=self.dropout,
+            kernel_initializer=self._clone(self.kernel_initializer),
+            bias_initializer=self._clone(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def _make_feedforward(self):
+        return PositionwiseFFN(
+            hidden_dim=self.ffn_dim,
+            activation=self.activation,
+            kernel_initializer=self._clone(self.kernel_initializer),
+            bias_initializer=self._clone(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="feedforward",
+        )
+
+    def _make_norm(self, name):
+        return keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+        )
+
+    def _make_dropout(self):
+        return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    @staticmethod
+    def _clone(initializer):
+        return initializer.__class__.from_config(initializer.get_config())
+
+    def _pre_norm(self, x, norm):
+        """The sub-layer's input: normalized first in a pre-LN block."""
+        return norm(x) if self.norm_first else x
+
+    def _add_residual(self, x, residual, dropout, norm, training):
+        """Dropout, residual connection, then normalization in a post-LN block."""
+        x = dropout(x, training=training) + residual
+        return x if self.norm_first else norm(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "ffn_dim": self.ffn_dim,
+                "dropout": self.dropout,
+                "norm_first": self.norm_first,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "activation": keras.activations.serialize(self.activation),
+                "head_dim": self.head_dim,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config

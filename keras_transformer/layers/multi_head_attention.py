@@ -1,0 +1,315 @@
+"""Multi-head scaled dot-product attention with masks and a key/value cache."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_transformer.layers import masks as masks_lib
+
+# Added to the scores of masked keys (in float32) before the softmax. Finite, so
+# a row whose keys are all masked never turns into NaN.
+_MASKED_SCORE = -1e9
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head attention: `softmax(QKᵀ/√d_k + mask)·V`, for self and cross.
+
+    The queries, keys and values are projected into `num_heads` heads of size
+    `head_dim`, attention runs in each head with the softmax in float32, and
+    the heads are concatenated and projected back to the query's width
+    `embed_dim`. `embed_dim = num_heads × head_dim`: `head_dim` defaults to
+    `embed_dim // num_heads` (not to `embed_dim` as in the TensorFlow
+    tutorial), so the layer costs the same whatever the number of heads.
+
+    The weights have the same names, shapes and order as
+    `keras.layers.MultiHeadAttention(num_heads, key_dim=head_dim)`, so weights
+    can be copied from one to the other with `set_weights(get_weights())`.
+
+    Masks follow one convention: boolean, **True means attend**. The padding
+    masks of `query` and `value`, an explicit `attention_mask` and the causal
+    mask are merged with a logical AND. A query whose keys are all masked gets
+    an all-zero attention row (its output is the output projection's bias),
+    never NaN.
+
+    Args:
+        num_heads: int, number of attention heads.
+        head_dim: int or None, size of each head. None means
+            `embed_dim // num_heads`, which must then divide exactly.
+        dropout: float in [0, 1), dropout rate on the attention probabilities.
+        use_bias: bool, whether the projections have biases.
+        kernel_initializer: initializer of the projection kernels.
+        bias_initializer: initializer of the projection biases.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        query: `(B, T, D)` queries.
+        value: `(B, S, D_v)` keys/values for cross-attention, or None for
+            self-attention (keys and values are then `query`).
+        query_mask: `(B, T)` bool padding mask of `query`. Defaults to the
+            implicit Keras mask of `query`.
+        value_mask: `(B, S)` bool padding mask of the keys. Defaults to the
+            implicit Keras mask of `value`; in self-attention without a cache,
+            to `query_mask`. With a cache, S is the cache length.
+        attention_mask: `(B, T, S)` bool mask, True where query `t` may
+            attend to key `s`.
+        use_causal_mask: bool. If True, query `t` attends only to keys
+            `s <= t + cache_index` (`cache_index` is 0 without a cache).
+        cache: None, or a `(B, 2, S, N, H)` tensor holding the projected keys
+            (`cache[:, 0]`) and values (`cache[:, 1]`).
+            - With `cache_index` (self-attention decoding): the keys and
+              values of `query` (or `value` if given) are written into the
+              cache at `cache_index`, and the queries attend to the whole
+              updated cache. Positions not yet written must be masked, which
+              `use_causal_mask=True` does.
+            - Without `cache_index` (cross-attention decoding): the cache
+              holds keys and values computed once by
+              `compute_key_value_cache(value)`; `value` must be None.
+        cache_index: int or scalar int tensor, the position of the first query
+            in the cache.
+        return_attention_scores: bool, whether to also return the attention
+            probabilities `(B, N, T, S)`.
+        training: bool, whether dropout is active.
+
+    Returns:
+        `(B, T, D)` attention output. With a cache, `(output, updated_cache)`.
+        With `return_attention_scores=True`, the scores are appended:
+        `(output, scores)` or `(output, updated_cache, scores)`.
+
+    Example:
+
+    >>> layer = MultiHeadAttention(num_heads=4)
+    >>> x = keras.random.normal((2, 10, 64))      # decoder states
+    >>> memory = keras.random.normal((2, 7, 64))  # encoder output
+    >>> layer(x, use_causal_mask=True).shape      # causal self-attention
+    (2, 10, 64)
+    >>> padding = keras.ops.array([[True] * 7, [True] * 5 + [False] * 2])
+    >>> out, scores = MultiHeadAttention(num_heads=4)(
+    ...     x, memory, value_mask=padding, return_attention_scores=True)
+    >>> scores.shape
+    (2, 4, 10, 7)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        head_dim=None,
+        dropout=0.0,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(
+                f"`num_heads` must be a positive int. Received: num_heads={num_heads}"
+            )
+        if head_dim is not None and (not isinstance(head_dim, int) or head_dim < 1):
+            raise ValueError(
+                "`head_dim` must be a positive int or None. "
+                f"Received: head_dim={head_dim}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    def build(self, query_shape, value_shape=None):
+        embed_dim = query_shape[-1]
+        if len(query_shape) != 3 or embed_dim is None:
+            raise ValueError(
+                "`query` must have shape (batch, length, embed_dim) with a known "
+                f"embed_dim. Received: query_shape={tuple(query_shape)}"
+            )
+        if value_shape is not None and len(value_shape) != 3:
+            raise ValueError(
+                "`value` must have shape (batch, length, dim). "
+                f"Received: value_shape={tuple(value_shape)}"
+            )
+        if self.head_dim is None and embed_dim % self.num_heads != 0:
+            raise ValueError(
+                "`embed_dim` (the last dimension of `query`) must be divisible by "
+                "`num_heads`, or `head_dim` must be given. "
+                f"Received: embed_dim={embed_dim}, num_heads={self.num_heads}"
+            )
+        self._head_dim = self.head_dim or embed_dim // self.num_heads
+        value_shape = tuple(query_shape if value_shape is None else value_shape)
+        heads = (None, self.num_heads, self._head_dim)
+        self._query_dense = self._projection("btd,dnh->btnh", heads, "nh", "query")
+        self._query_dense.build(query_shape)
+        self._key_dense = self._projection("bsd,dnh->bsnh", heads, "nh", "key")
+        self._key_dense.build(value_shape)
+        self._value_dense = self._projection("bsd,dnh->bsnh", heads, "nh", "value")
+        self._value_dense.build(value_shape)
+        self._output_dense = self._projection(
+            "btnh,nhd->btd", (None, embed_dim), "d", "attention_output"
+        )
+        self._output_dense.build((*query_shape[:2], self.num_heads, self._head_dim))
+        self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.built = True
+
+    def _projection(self, equation, output_shape, bias_axes, name):
+        projection = keras.layers.EinsumDense(
+            equation,
+            output_shape=output_shape,
+            bias_axes=bias_axes if self.use_bias else None,
+            # A clone per projection: one initializer instance reused would
+            # give the query, key and value kernels the same values.
+            kernel_initializer=self.kernel_initializer.__class__.from_config(
+                self.kernel_initializer.get_config()
+            ),
+            bias_initializer=self.bias_initializer,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+        # Projections act on each token alone: the padding mask stays valid.
+        projection.supports_masking = True
+        return projection
+
+    def compute_key_value_cache(self, value):
+        """Projects `value` `(B, S, D_v)` into a `(B, 2, S, N, H)` cache.
+
+        Cross-attention computes this once per source sequence and passes it
+        as `cache` (with no `cache_index`) at every decoding step.
+        """
+        return ops.stack([self._key_dense(value), self._value_dense(value)], axis=1)
+
+    def initial_cache(self, batch_size, max_length):
+        """A zero `(B, 2, max_length, N, H)` self-attention cache."""
+        return ops.zeros(
+            (batch_size, 2, max_length, self.num_heads, self._head_dim),
+            dtype=self.compute_dtype,
+        )
+
+    def call(
+        self,
+        query,
+        value=None,
+        *,
+        query_mask=None,
+        value_mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        cache=None,
+        cache_index=None,
+        return_attention_scores=False,
+        training=None,
+        mask=None,
+    ):
+        # `mask` is the implicit Keras mask of `query` when it is the only
+        # tensor argument; with several, Keras fills `query_mask`/`value_mask`.
+        query_mask = masks_lib.first_mask(query_mask, mask)
+        precomputed = cache is not None and cache_index is None
+        if precomputed and value is not None:
+            raise ValueError(
+                "With a precomputed cross-attention `cache` (no `cache_index`), "
+                "`value` must be None: the keys and values come from the cache."
+            )
+        if value is None and cache is None:
+            value_mask = masks_lib.first_mask(value_mask, query_mask)
+        if value is None and not precomputed:
+            value = query
+
+        query_heads = self._query_dense(query)  # [B, T, N, H]
+        if precomputed:
+            key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, N, H]
+        else:
+            key_heads = self._key_dense(value)  # [B, S, N, H]
+            value_heads = self._value_dense(value)  # [B, S, N, H]
+            if cache is not None:
+                update = ops.stack([key_heads, value_heads], axis=1)
+                cache = ops.slice_update(cache, [0, 0, cache_index, 0, 0], update)
+                key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, N, H]
+
+        attention_mask = masks_lib.merge_attention_masks(
+            ops.shape(query_heads)[1],
+            ops.shape(key_heads)[1],
+            query_mask=query_mask,
+            value_mask=value_mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            causal_offset=0 if cache_index is None else cache_index,
+        )
+        output, scores = self._attend(
+            query_heads, key_heads, value_heads, attention_mask, training
+        )
+        output = self._output_dense(output)  # [B, T, D]
+
+        outputs = (output,)
+        if cache is not None:
+            outputs += (cache,)
+        if return_attention_scores:
+            outputs += (scores,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _attend(self, query_heads, key_heads, value_heads, mask, training):
+        """Scaled dot-product attention. `mask`: `(B or 1, T, S)` bool or None."""
+        query_heads = ops.multiply(
+            query_heads, ops.cast(1.0 / math.sqrt(self._head_dim), query_heads.dtype)
+        )
+        scores = ops.einsum("btnh,bsnh->bnts", query_heads, key_heads)  # [B, N, T, S]
+        # The softmax runs in float32 so that float16/bfloat16 cannot overflow.
+        scores = ops.cast(scores, "float32")
+        if mask is not None:
+            mask = ops.expand_dims(mask, 1)  # [B, 1, T, S]
+            scores = ops.where(mask, scores, _MASKED_SCORE)
+        probabilities = ops.softmax(scores, axis=-1)
+        if mask is not None:
+            # A query with no visible key attends to nothing (not uniformly).
+            probabilities = ops.where(mask, probabilities, 0.0)
+        probabilities = ops.cast(probabilities, self.compute_dtype)
+        dropped = self._dropout_layer(probabilities, training=training)
+        output = ops.einsum("bnts,bsnh->btnh", dropped, value_heads)  # [B, T, N, H]
+        return output, probabilities
+
+    def compute_output_shape(self, query_shape, value_shape=None):
+        return tuple(query_shape)
+
+    def compute_output_spec(
+        self,
+        query,
+        value=None,
+        *,
+        cache=None,
+        cache_index=None,
+        return_attention_scores=False,
+        **kwargs,
+    ):
+        output_shape = self.compute_output_shape(query.shape)
+        outputs = (keras.KerasTensor(output_shape, dtype=self.compute_dtype),)
+        if cache is not None:
+            outputs += (keras.KerasTensor(cache.shape, dtype=self.compute_dtype),)
+        if return_attention_scores:
+            if cache is not None:
+                key_length = cache.shape[2]
+            else:
+                key_length = (query if value is None else value).shape[1]
+            scores_shape = (query.shape[0], self.num_heads, query.shape[1], key_length)
+            outputs += (keras.KerasTensor(scores_shape, dtype=self.compute_dtype),)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return previous_mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "head_dim": self.head_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config

@@ -1,0 +1,186 @@
+"""Token embedding scaled by √d plus sinusoidal or learned positions."""
+
+import math
+
+import keras
+from keras import ops
+
+_POSITIONS = ("sinusoidal", "learned")
+
+
+def sinusoidal_positions(positions, embed_dim):
+    """The paper's position encoding for integer `positions` `(T,)`.
+
+    `PE[pos, 2i] = sin(pos / 10000^(2i/d))`, `PE[pos, 2i+1] = cos(pos / 10000^(2i/d))`
+    with sines and cosines interleaved as in the paper (not concatenated in
+    halves). Returns a float32 `(T, embed_dim)` tensor.
+    """
+    positions = ops.cast(positions, "float32")
+    dims = ops.arange(embed_dim, dtype="int32")
+    pair = ops.cast(ops.floor_divide(dims, 2) * 2, "float32")  # 2i for dims 2i, 2i+1
+    inverse_frequency = ops.exp(pair * (-math.log(10000.0) / embed_dim))  # [d]
+    angles = ops.expand_dims(positions, 1) * ops.expand_dims(inverse_frequency, 0)
+    is_even = ops.equal(ops.mod(dims, 2), 0)
+    return ops.where(is_even, ops.sin(angles), ops.cos(angles))  # [T, d]
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class PositionalEmbedding(keras.layers.Layer):
+    """Token embedding times √embed_dim plus a position encoding.
+
+    `output[b, t] = E[token_ids[b, t]] · √embed_dim + P[start_index + t]`, where
+    `P` is the sinusoidal encoding of the paper (`sin(pos/10000^(2i/d))` at even
+    dimensions, `cos` at odd ones) or a learned `(max_length, embed_dim)` table.
+
+    With `mask_zero=True`, token id 0 is padding: the layer produces the
+    padding mask `token_ids != 0` (True = real token), which Keras passes on to
+    the following layers.
+
+    Args:
+        vocab_size: int, number of token ids.
+        max_length: int, the longest sequence (counting `start_index`) that the
+            layer accepts. Longer inputs raise a ValueError when their length
+            is known when the layer is called (eagerly, or symbolically with a
+            fixed length). Learned positions cannot be looked up past it.
+        embed_dim: int, width of the embeddings.
+        positions: `"sinusoidal"` (default) or `"learned"`.
+        scale: bool, whether to multiply the token embedding by √embed_dim.
+        mask_zero: bool, whether token id 0 is padding and produces a mask.
+        embeddings_initializer: initializer of the token (and learned
+            position) embeddings. The default, normal with stddev
+            `embed_dim^-0.5`, keeps the scaled token embedding near unit size.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        token_ids: `(B, T)` int token ids.
+        start_index: int or scalar int tensor, the position of the first token
+            (for step-by-step decoding: step t is called with `start_index=t`).
+
+    Returns:
+        `(B, T, embed_dim)` embeddings, with the padding mask `(B, T)` attached
+        when `mask_zero=True`.
+
+    Example:
+
+    >>> layer = PositionalEmbedding(vocab_size=100, max_length=32, embed_dim=16)
+    >>> ids = keras.ops.array([[5, 7, 9, 0]])
+    >>> layer(ids).shape
+    (1, 4, 16)
+    >>> layer.compute_mask(ids)
+    array([[ True,  True,  True, False]])
+    >>> layer(keras.ops.array([[9]]), start_index=2).shape  # position 2 only
+    (1, 1, 16)
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        max_length,
+        embed_dim,
+        positions="sinusoidal",
+        scale=True,
+        mask_zero=True,
+        embeddings_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("max_length", max_length),
+            ("embed_dim", embed_dim),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int. Received: {name}={value}")
+        if positions not in _POSITIONS:
+            raise ValueError(
+                f"`positions` must be one of {_POSITIONS}. Received: positions={positions!r}"
+            )
+        self.vocab_size = vocab_size
+        self.max_length = max_length
+        self.embed_dim = embed_dim
+        self.positions = positions
+        self.scale = scale
+        self.mask_zero = mask_zero
+        if embeddings_initializer is None:
+            embeddings_initializer = keras.initializers.RandomNormal(
+                stddev=embed_dim**-0.5
+            )
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.supports_masking = mask_zero
+
+    def build(self, token_ids_shape=None):
+        self.token_embeddings = self.add_weight(
+            name="token_embeddings",
+            shape=(self.vocab_size, self.embed_dim),
+            initializer=self.embeddings_initializer,
+        )
+        if self.positions == "learned":
+            self.position_embeddings = self.add_weight(
+                name="position_embeddings",
+                shape=(self.max_length, self.embed_dim),
+                initializer=self.embeddings_initializer.__class__.from_config(
+                    self.embeddings_initializer.get_config()
+                ),
+            )
+        self.built = True
+
+    def call(self, token_ids, start_index=0):
+        if len(token_ids.shape) != 2:
+            raise ValueError(
+                "`token_ids` must have shape (batch, length). "
+                f"Received: token_ids.shape={tuple(token_ids.shape)}"
+            )
+        self._check_length(token_ids.shape[1], start_index)
+        token_ids = ops.cast(token_ids, "int32")
+        embeddings = ops.take(self.token_embeddings, token_ids, axis=0)  # [B, T, d]
+        if self.scale:
+            embeddings = embeddings * ops.cast(math.sqrt(self.embed_dim), embeddings.dtype)
+        positions = ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(
+            start_index, "int32"
+        )
+        if self.positions == "learned":
+            position_embeddings = ops.take(self.position_embeddings, positions, axis=0)
+        else:
+            position_embeddings = sinusoidal_positions(positions, self.embed_dim)
+        position_embeddings = ops.cast(position_embeddings, embeddings.dtype)
+        return embeddings + ops.expand_dims(position_embeddings, 0)
+
+    def _check_length(self, length, start_index=0):
+        """Raises when a statically known length goes past `max_length`."""
+        if (
+            isinstance(length, int)
+            and isinstance(start_index, int)
+            and start_index + length > self.max_length
+        ):
+            raise ValueError(
+                f"The sequence is longer than `max_length={self.max_length}` of layer "
+                f"'{self.name}'. Received: length={length}, start_index={start_index}. "
+                "Truncate the input or build the layer with a larger `max_length`."
+            )
+
+    def compute_mask(self, token_ids, mask=None):
+        if not self.mask_zero:
+            return None
+        return ops.not_equal(token_ids, 0)
+
+    def compute_output_shape(self, token_ids_shape):
+        if len(token_ids_shape) == 2:
+            self._check_length(token_ids_shape[1])
+        return (*token_ids_shape, self.embed_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocab_size": self.vocab_size,
+                "max_length": self.max_length,
+                "embed_dim": self.embed_dim,
+                "positions": self.positions,
+                "scale": self.scale,
+                "mask_zero": self.mask_zero,
+                "embeddings_initializer": keras.initializers.serialize(
+                    self.embeddings_initializer
+                ),
+            }
+        )
+        return config

@@ -1,0 +1,111 @@
+"""The position-wise feed-forward network: `max(0, xW₁+b₁)W₂+b₂` per token."""
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class PositionwiseFFN(keras.layers.Layer):
+    """Two dense layers applied to each position on its own.
+
+    `output = activation(x·W₁ + b₁)·W₂ + b₂`, with `activation="relu"` as in the
+    paper. The output has the width of the input. Positions never mix, so the
+    padding mask passes through unchanged.
+
+    Args:
+        hidden_dim: int, width of the inner layer (2048 in the base model).
+        activation: activation of the inner layer (name or callable).
+        dropout: float in [0, 1), dropout on the inner activations.
+        use_bias: bool, whether the two dense layers have biases.
+        kernel_initializer: initializer of the kernels.
+        bias_initializer: initializer of the biases.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: `(..., D)` tensor (usually `(B, T, D)`).
+        training: bool, whether dropout is active.
+
+    Returns:
+        A tensor of the shape of `inputs`.
+
+    Example:
+
+    >>> ffn = PositionwiseFFN(hidden_dim=256)
+    >>> ffn(keras.random.normal((2, 10, 64))).shape
+    (2, 10, 64)
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        activation="relu",
+        dropout=0.0,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise ValueError(
+                f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        self.hidden_dim = hidden_dim
+        self.activation = keras.activations.get(activation)
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    def build(self, inputs_shape):
+        width = inputs_shape[-1]
+        if width is None:
+            raise ValueError(
+                "The last dimension of the inputs must be known. "
+                f"Received: inputs_shape={tuple(inputs_shape)}"
+            )
+        self._inner_dense = self._dense(self.hidden_dim, self.activation, "inner_dense")
+        self._inner_dense.build(inputs_shape)
+        self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self._output_dense = self._dense(width, None, "output_dense")
+        self._output_dense.build((*inputs_shape[:-1], self.hidden_dim))
+        self.built = True
+
+    def _dense(self, units, activation, name):
+        return keras.layers.Dense(
+            units,
+            activation=activation,
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer.__class__.from_config(
+                self.kernel_initializer.get_config()
+            ),
+            bias_initializer=self.bias_initializer,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def call(self, inputs, training=None):
+        hidden = self._inner_dense(inputs)  # [..., hidden_dim]
+        hidden = self._dropout_layer(hidden, training=training)
+        return self._output_dense(hidden)  # [..., D]
+
+    def compute_output_shape(self, inputs_shape):
+        return tuple(inputs_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "activation": keras.activations.serialize(self.activation),
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config
