@@ -3,6 +3,7 @@
 from keras_transformer.layers import (
     DecoderBlock,
     EncoderBlock,
+    MoE,
     MultiHeadAttention,
     PositionalEmbedding,
     PositionwiseFFN,
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DecoderBlock",
     "EncoderBlock",
+    "MoE",
     "MultiHeadAttention",
     "PositionalEmbedding",
     "PositionwiseFFN",

@@ -2,6 +2,7 @@
 
 from keras_transformer.layers.decoder_block import DecoderBlock
 from keras_transformer.layers.encoder_block import EncoderBlock
+from keras_transformer.layers.moe import MoE
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.positional_embedding import PositionalEmbedding
 from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
@@ -9,6 +10,7 @@ from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
 __all__ = [
     "DecoderBlock",
     "EncoderBlock",
+    "MoE",
     "MultiHeadAttention",
     "PositionalEmbedding",
     "PositionwiseFFN",

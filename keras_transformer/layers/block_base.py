@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_transformer.layers.moe import MoE
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
 
@@ -18,6 +19,9 @@ class TransformerBlockBase(keras.layers.Layer):
 
     A pre-LN stack needs one more normalization after its last block; the
     model builders add it.
+
+    The feed-forward sub-layer is a `PositionwiseFFN`, or with `moe={...}` a
+    sparse mixture of experts `MoE(expert_dim=ffn_dim, **moe)`.
     """
 
     def __init__(
@@ -31,9 +35,16 @@ class TransformerBlockBase(keras.layers.Layer):
         head_dim=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        moe=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if moe is not None and (not isinstance(moe, dict) or "num_experts" not in moe):
+            raise ValueError(
+                "`moe` must be None (a dense feed-forward network) or a dict of `MoE` "
+                "arguments with at least `num_experts`, e.g. "
+                f"{{'num_experts': 8, 'top_k': 2}}. Received: moe={moe!r}"
+            )
         if not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(
                 f"`num_heads` must be a positive int. Received: num_heads={num_heads}"
@@ -51,6 +62,7 @@ class TransformerBlockBase(keras.layers.Layer):
         self.head_dim = head_dim
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.moe = None if moe is None else dict(moe)
         self.supports_masking = True
 
     def _check_sequence_shape(self, name, shape):
@@ -72,6 +84,12 @@ class TransformerBlockBase(keras.layers.Layer):
         )
 
     def _make_feedforward(self):
+        if self.moe is not None:
+            # Named after the block, so each block's routing statistics get
+            # their own name in `fit`'s logs.
+            arguments = {"expert_dim": self.ffn_dim, "activation": self.activation}
+            arguments.update(self.moe)
+            return MoE(**arguments, dtype=self.dtype_policy, name=f"{self.name}_moe")
         return PositionwiseFFN(
             hidden_dim=self.ffn_dim,
             activation=self.activation,
@@ -117,6 +135,7 @@ class TransformerBlockBase(keras.layers.Layer):
                     self.kernel_initializer
                 ),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "moe": self.moe,
             }
         )
         return config

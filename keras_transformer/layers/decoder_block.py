@@ -38,6 +38,10 @@ class DecoderBlock(TransformerBlockBase):
             `embed_dim // num_heads`.
         kernel_initializer: initializer of the dense kernels.
         bias_initializer: initializer of the dense biases.
+        moe: None for a dense feed-forward network, or a dict of `MoE`
+            arguments (at least `num_experts`; `expert_dim` defaults to
+            `ffn_dim`) for a sparse mixture of experts, e.g.
+            `{"num_experts": 8, "top_k": 2}`.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -205,7 +209,7 @@ class DecoderBlock(TransformerBlockBase):
         # Feed-forward block.
         residual = x
         x = self._pre_norm(x, self._feedforward_norm)
-        x = self._feedforward(x, training=training)
+        x = self._feedforward(x, padding_mask=decoder_padding_mask, training=training)
         x = self._add_residual(
             x, residual, self._feedforward_dropout, self._feedforward_norm, training
         )

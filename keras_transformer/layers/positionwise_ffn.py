@@ -22,6 +22,8 @@ class PositionwiseFFN(keras.layers.Layer):
 
     Call arguments:
         inputs: `(..., D)` tensor (usually `(B, T, D)`).
+        padding_mask: accepted so that `MoE` and this layer are
+            interchangeable; unused, since each position is transformed alone.
         training: bool, whether dropout is active.
 
     Returns:
@@ -86,7 +88,7 @@ class PositionwiseFFN(keras.layers.Layer):
             name=name,
         )
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, padding_mask=None, training=None):
         hidden = self._inner_dense(inputs)  # [..., hidden_dim]
         hidden = self._dropout_layer(hidden, training=training)
         return self._output_dense(hidden)  # [..., D]
