@@ -7,6 +7,7 @@ from keras_transformer.layers import (
     MultiHeadAttention,
     PositionalEmbedding,
     PositionwiseFFN,
+    RoutingStatistics,
 )
 from keras_transformer.layers import masks
 
@@ -19,5 +20,6 @@ __all__ = [
     "MultiHeadAttention",
     "PositionalEmbedding",
     "PositionwiseFFN",
+    "RoutingStatistics",
     "masks",
 ]

@@ -33,3 +33,33 @@ def test_quickstart_data_is_teacher_forced_reversal():
         # Labels are the decoder inputs shifted left by one.
         np.testing.assert_array_equal(lab[:n], inp[1 : n + 1])
         assert not inp[n + 1 :].any() and not lab[n + 1 :].any()
+
+
+def test_moe_language_model_smoke_reports_expert_loads_with_and_without_balance():
+    results = _load("train_moe_lm").main(["--smoke", "--experts", "4"])
+    assert set(results) == {"without balance loss", "with balance loss 1e-2"}
+    for history, loads, val, _ in results.values():
+        assert np.isfinite(val["loss"])
+        assert loads and all(abs(load.sum() - 1.0) < 1e-5 for load in loads.values())
+        assert all(len(load) == 4 for load in loads.values())
+        assert any(key.endswith("_routing_dropped") for key in history)
+
+
+def test_moe_language_model_builtin_text_is_deterministic_and_encodes_losslessly():
+    example = _load("train_moe_lm")
+    text = example.builtin_text(50, seed=3)
+    assert text == example.builtin_text(50, seed=3)
+    words = {w: i for i, w in enumerate(example.ONES)}
+    words.update({w: 20 + 10 * i for i, w in enumerate(example.TENS)})
+
+    def value(phrase):
+        return sum(words[w] for w in phrase.split())
+
+    for line in text.split("\n"):  # every sentence is correct arithmetic
+        left, total = line.rstrip(".").split(" is ")
+        a, b = left.split(" plus ")
+        assert value(a) + value(b) == value(total), line
+    ids, vocabulary = example.encode(text)
+    assert ids.min() >= 1 and "".join(vocabulary[i - 1] for i in ids) == text
+    x, y = example.windows(ids, 16, 5, np.random.default_rng(0))
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])

@@ -6,6 +6,7 @@ from keras_transformer.layers.moe import MoE
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.positional_embedding import PositionalEmbedding
 from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
+from keras_transformer.layers.routing_statistics import RoutingStatistics
 
 __all__ = [
     "DecoderBlock",
@@ -14,4 +15,5 @@ __all__ = [
     "MultiHeadAttention",
     "PositionalEmbedding",
     "PositionwiseFFN",
+    "RoutingStatistics",
 ]

@@ -79,7 +79,7 @@ class DecoderBlock(TransformerBlockBase):
     >>> block = DecoderBlock(num_heads=4, ffn_dim=128)
     >>> target = keras.random.normal((2, 9, 64))
     >>> memory = keras.random.normal((2, 13, 64))
-    >>> block(target, memory).shape
+    >>> keras.ops.shape(block(target, memory))
     (2, 9, 64)
     """
 

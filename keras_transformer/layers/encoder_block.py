@@ -51,7 +51,7 @@ class EncoderBlock(TransformerBlockBase):
     Example:
 
     >>> block = EncoderBlock(num_heads=4, ffn_dim=128)
-    >>> block(keras.random.normal((2, 10, 64))).shape
+    >>> keras.ops.shape(block(keras.random.normal((2, 10, 64))))
     (2, 10, 64)
     """
 

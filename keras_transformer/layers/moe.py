@@ -79,10 +79,10 @@ class MoE(keras.layers.Layer):
     Example:
 
     >>> moe = MoE(num_experts=8, expert_dim=128, top_k=2)
-    >>> moe(keras.random.normal((2, 10, 64))).shape
+    >>> keras.ops.shape(moe(keras.random.normal((2, 10, 64))))
     (2, 10, 64)
     >>> routing = moe.compute_routing(keras.random.normal((2, 10, 64)))
-    >>> routing["expert_index"].shape, routing["gates"].shape
+    >>> keras.ops.shape(routing["expert_index"]), keras.ops.shape(routing["gates"])
     ((2, 10, 2), (2, 10, 2))
     """
 

@@ -82,12 +82,12 @@ class MultiHeadAttention(keras.layers.Layer):
     >>> layer = MultiHeadAttention(num_heads=4)
     >>> x = keras.random.normal((2, 10, 64))      # decoder states
     >>> memory = keras.random.normal((2, 7, 64))  # encoder output
-    >>> layer(x, use_causal_mask=True).shape      # causal self-attention
+    >>> keras.ops.shape(layer(x, use_causal_mask=True))  # causal self-attention
     (2, 10, 64)
     >>> padding = keras.ops.array([[True] * 7, [True] * 5 + [False] * 2])
     >>> out, scores = MultiHeadAttention(num_heads=4)(
     ...     x, memory, value_mask=padding, return_attention_scores=True)
-    >>> scores.shape
+    >>> keras.ops.shape(scores)
     (2, 4, 10, 7)
     """
 

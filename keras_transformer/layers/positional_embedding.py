@@ -64,11 +64,11 @@ class PositionalEmbedding(keras.layers.Layer):
 
     >>> layer = PositionalEmbedding(vocab_size=100, max_length=32, embed_dim=16)
     >>> ids = keras.ops.array([[5, 7, 9, 0]])
-    >>> layer(ids).shape
+    >>> keras.ops.shape(layer(ids))
     (1, 4, 16)
-    >>> layer.compute_mask(ids)
+    >>> keras.ops.convert_to_numpy(layer.compute_mask(ids))
     array([[ True,  True,  True, False]])
-    >>> layer(keras.ops.array([[9]]), start_index=2).shape  # position 2 only
+    >>> keras.ops.shape(layer(keras.ops.array([[9]]), start_index=2))  # position 2
     (1, 1, 16)
     """
 

@@ -32,7 +32,7 @@ class PositionwiseFFN(keras.layers.Layer):
     Example:
 
     >>> ffn = PositionwiseFFN(hidden_dim=256)
-    >>> ffn(keras.random.normal((2, 10, 64))).shape
+    >>> keras.ops.shape(ffn(keras.random.normal((2, 10, 64))))
     (2, 10, 64)
     """
 

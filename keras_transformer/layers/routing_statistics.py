@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 
+@keras.saving.register_keras_serializable(package="keras_transformer")
 class RoutingStatistics(keras.metrics.Metric):
     """Per-expert load and dropped tokens of one `MoE` layer.
 
