@@ -7,7 +7,7 @@ spread over the experts of each block. With the loss the experts share the
 work; without it, the router is free to crowd tokens onto a few experts, which
 then overflow their capacity and drop tokens.
 
-    python examples/train_moe_lm.py                          # built-in text, ~3 minutes
+    python examples/train_moe_lm.py                          # built-in text, ~6 minutes
     python examples/train_moe_lm.py --data ../shared/data/tinyshakespeare-train.txt.gz
     python examples/train_moe_lm.py --smoke                  # seconds, for the tests
 """

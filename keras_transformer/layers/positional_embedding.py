@@ -52,13 +52,17 @@ class PositionalEmbedding(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        token_ids: `(B, T)` int token ids.
+        token_ids: `(B, T)` int token ids (with `reverse=True`: `(B, T, embed_dim)`
+            hidden states).
         start_index: int or scalar int tensor, the position of the first token
             (for step-by-step decoding: step t is called with `start_index=t`).
+        reverse: bool. If True, the layer is the output projection tied to the
+            token embedding: it returns the logits `hidden · Eᵀ`, computed in
+            float32 (also under mixed precision), `(B, T, vocab_size)`.
 
     Returns:
         `(B, T, embed_dim)` embeddings, with the padding mask `(B, T)` attached
-        when `mask_zero=True`.
+        when `mask_zero=True`; with `reverse=True`, float32 logits.
 
     Example:
 
@@ -109,10 +113,12 @@ class PositionalEmbedding(keras.layers.Layer):
         self.supports_masking = mask_zero
 
     def build(self, token_ids_shape=None):
+        # Not autocast: the tied output projection reads it in float32.
         self.token_embeddings = self.add_weight(
             name="token_embeddings",
             shape=(self.vocab_size, self.embed_dim),
             initializer=self.embeddings_initializer,
+            autocast=False,
         )
         if self.positions == "learned":
             self.position_embeddings = self.add_weight(
@@ -124,7 +130,10 @@ class PositionalEmbedding(keras.layers.Layer):
             )
         self.built = True
 
-    def call(self, token_ids, start_index=0):
+    def call(self, token_ids, start_index=0, reverse=False):
+        if reverse:
+            hidden = ops.cast(token_ids, "float32")
+            return ops.matmul(hidden, ops.transpose(ops.cast(self.token_embeddings, "float32")))
         if len(token_ids.shape) != 2:
             raise ValueError(
                 "`token_ids` must have shape (batch, length). "
@@ -132,7 +141,9 @@ class PositionalEmbedding(keras.layers.Layer):
             )
         self._check_length(token_ids.shape[1], start_index)
         token_ids = ops.cast(token_ids, "int32")
-        embeddings = ops.take(self.token_embeddings, token_ids, axis=0)  # [B, T, d]
+        embeddings = ops.cast(
+            ops.take(self.token_embeddings, token_ids, axis=0), self.compute_dtype
+        )  # [B, T, d]
         if self.scale:
             embeddings = embeddings * ops.cast(math.sqrt(self.embed_dim), embeddings.dtype)
         positions = ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(
@@ -159,9 +170,18 @@ class PositionalEmbedding(keras.layers.Layer):
             )
 
     def compute_mask(self, token_ids, mask=None):
+        if len(token_ids.shape) == 3:  # reverse: hidden states keep their mask
+            return mask
         if not self.mask_zero:
             return None
         return ops.not_equal(token_ids, 0)
+
+    def compute_output_spec(self, token_ids, start_index=0, reverse=False):
+        if reverse:
+            shape = (*token_ids.shape[:-1], self.vocab_size)
+            return keras.KerasTensor(shape, dtype="float32")
+        shape = self.compute_output_shape(token_ids.shape)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def compute_output_shape(self, token_ids_shape):
         if len(token_ids_shape) == 2:

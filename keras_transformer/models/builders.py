@@ -1,0 +1,92 @@
+"""Functional Keras models assembled from keras_transformer's layers."""
+
+import keras
+
+from keras_transformer.layers import DecoderBlock, EncoderBlock, PositionalEmbedding
+
+
+def build_transformer(config, name="transformer"):
+    """The encoder–decoder Transformer: `[source_ids, target_ids] → logits`.
+
+    Args:
+        config: a `TransformerConfig`.
+        name: the model's name.
+
+    Returns:
+        A functional `keras.Model` with inputs `source_ids` `(B, S)` and
+        `target_ids` `(B, T)` (int, 0 = padding) and float32 logits
+        `(B, T, vocab_size)`. Teacher forcing: `target_ids` is the target
+        shifted right (`[START] y`), the labels are `y [END]`.
+    """
+    source_ids = keras.Input((None,), dtype="int32", name="source_ids")
+    target_ids = keras.Input((None,), dtype="int32", name="target_ids")
+    target_embedding = _embedding(config, config.vocab_size, "target_embedding")
+    if config.shared_vocabulary:  # one matrix for source, target and output
+        source_embedding = target_embedding
+    else:
+        source_embedding = _embedding(
+            config, config.source_vocab_size or config.vocab_size, "source_embedding"
+        )
+
+    x = keras.layers.Dropout(config.dropout, name="source_dropout")(source_embedding(source_ids))
+    for i in range(config.num_encoder_layers):
+        x = EncoderBlock(**_block_arguments(config, i), name=f"encoder_block_{i}")(x)
+    if config.norm_first:
+        x = _final_norm(config, "encoder_norm")(x)
+
+    y = keras.layers.Dropout(config.dropout, name="target_dropout")(target_embedding(target_ids))
+    for i in range(config.num_decoder_layers):
+        y = DecoderBlock(**_block_arguments(config, i), name=f"decoder_block_{i}")(y, x)
+    if config.norm_first:
+        y = _final_norm(config, "decoder_norm")(y)
+    logits = _logits(config, target_embedding, y)
+    return keras.Model([source_ids, target_ids], logits, name=name)
+
+
+def build_causal_lm(config, name="causal_lm"):
+    """A decoder-only language model: `token_ids → next-token logits`.
+
+    Uses the decoder fields of `config` (`num_decoder_layers` blocks without
+    cross-attention). Returns a functional `keras.Model` with input
+    `token_ids` `(B, T)` and float32 logits `(B, T, vocab_size)`.
+    """
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    embedding = _embedding(config, config.vocab_size, "token_embedding")
+    x = keras.layers.Dropout(config.dropout, name="embedding_dropout")(embedding(token_ids))
+    for i in range(config.num_decoder_layers):
+        x = DecoderBlock(**_block_arguments(config, i), name=f"decoder_block_{i}")(x)
+    if config.norm_first:
+        x = _final_norm(config, "final_norm")(x)
+    logits = _logits(config, embedding, x)
+    return keras.Model(token_ids, logits, name=name)
+
+
+def _embedding(config, vocab_size, name):
+    return PositionalEmbedding(
+        vocab_size, config.max_length, config.embed_dim, positions=config.positions, name=name
+    )
+
+
+def _block_arguments(config, index):
+    use_moe = config.moe is not None and (index + 1) % config.moe_every == 0
+    return {
+        "num_heads": config.num_heads,
+        "ffn_dim": config.ffn_dim,
+        "dropout": config.dropout,
+        "norm_first": config.norm_first,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "activation": config.activation,
+        "moe": config.moe if use_moe else None,
+    }
+
+
+def _final_norm(config, name):
+    """The extra normalization a pre-LN stack needs after its last block."""
+    return keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name=name)
+
+
+def _logits(config, embedding, hidden):
+    """Float32 logits: tied to the target embedding, or a float32 dense layer."""
+    if config.tie_embeddings:
+        return embedding(hidden, reverse=True)
+    return keras.layers.Dense(config.vocab_size, dtype="float32", name="logits")(hidden)

@@ -1,0 +1,12 @@
+"""Losses, metrics, schedules and optimizers for training Transformers."""
+
+from keras_transformer.training.losses import MaskedSparseCategoricalCrossentropy
+from keras_transformer.training.metrics import MaskedAccuracy
+from keras_transformer.training.schedules import TransformerSchedule, transformer_optimizer
+
+__all__ = [
+    "MaskedAccuracy",
+    "MaskedSparseCategoricalCrossentropy",
+    "TransformerSchedule",
+    "transformer_optimizer",
+]
