@@ -63,3 +63,23 @@ def test_moe_language_model_builtin_text_is_deterministic_and_encodes_losslessly
     assert ids.min() >= 1 and "".join(vocabulary[i - 1] for i in ids) == text
     x, y = example.windows(ids, 16, 5, np.random.default_rng(0))
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+
+
+def test_translation_example_smoke_trains_saves_and_translates(tmp_path):
+    result = _load("train_translation").main(["--smoke", "--output-dir", str(tmp_path)])
+    history = result["history"]
+    assert history["loss"][-1] < history["loss"][0]
+    assert 0.0 <= result["exact_match"] <= 1.0
+    for name in ("best.keras", "config.json", "source_vocabulary/vocabulary.txt",
+                 "target_vocabulary/vocabulary.txt"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_translation_example_reads_the_anki_archive_layout(tmp_path):
+    import zipfile
+
+    archive = tmp_path / "spa-eng.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("spa-eng/spa.txt", "Go.\tVe.\tCC-BY 2.0\nHi.\tHola.\tCC-BY 2.0\n\n")
+        z.writestr("spa-eng/_about.txt", "about")
+    assert _load("train_translation").read_pairs(str(archive)) == [("Go.", "Ve."), ("Hi.", "Hola.")]

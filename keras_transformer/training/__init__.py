@@ -1,5 +1,6 @@
 """Losses, metrics, schedules and optimizers for training Transformers."""
 
+from keras_transformer.training.callbacks import TimeBudget
 from keras_transformer.training.losses import MaskedSparseCategoricalCrossentropy
 from keras_transformer.training.metrics import MaskedAccuracy
 from keras_transformer.training.schedules import TransformerSchedule, transformer_optimizer
@@ -7,6 +8,7 @@ from keras_transformer.training.schedules import TransformerSchedule, transforme
 __all__ = [
     "MaskedAccuracy",
     "MaskedSparseCategoricalCrossentropy",
+    "TimeBudget",
     "TransformerSchedule",
     "transformer_optimizer",
 ]

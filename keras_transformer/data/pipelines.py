@@ -1,0 +1,165 @@
+"""tf.data pipelines: text → token ids → teacher-forced, length-bucketed batches.
+
+Everything runs in TensorFlow ops (the keras-hub tokenizers are TF layers), so
+no Python runs per example once the pipeline is built.
+
+Translation elements are `((source_ids, target_input_ids), target_label_ids)`:
+- `target_input_ids = [START] y` and `target_label_ids = y [END]` (teacher
+  forcing: the labels are the decoder inputs shifted left by one);
+- all int32, padded with 0 (`[PAD]`) to the longest sequence of their batch.
+
+Length policy (`max_length`, counted in tokens, `[START]`/`[END]` included):
+- `"drop"` (default): pairs whose source or target does not fit are left out;
+- `"truncate"`: the source keeps its first `max_length` tokens and the target
+  its first `max_length - 1` (so that `[START] y` and `y [END]` fit).
+
+Batching: with `bucket_boundaries`, examples are grouped by length so that a
+batch holds sequences of similar length and little padding, padded to the
+bucket's boundary (so that an XLA-compiled model sees one shape per bucket,
+not one per batch); with
+`tokens_per_batch`, each bucket's batch size is chosen so that a batch holds
+about that many tokens (long sentences in small batches, short ones in big).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_transformer.data.tokenizers import END_ID, START_ID
+
+_LENGTH_POLICIES = ("drop", "truncate")
+DEFAULT_BOUNDARIES = (8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+def _tokenize(tokenizer, text):
+    ids = tokenizer(text)
+    if isinstance(ids, tf.RaggedTensor):
+        ids = ids.flat_values
+    return tf.cast(ids, tf.int32)
+
+
+def translation_dataset(
+    pairs,
+    source_tokenizer,
+    target_tokenizer,
+    *,
+    batch_size=64,
+    max_length=64,
+    length_policy="drop",
+    bucket_boundaries=DEFAULT_BOUNDARIES,
+    tokens_per_batch=None,
+    shuffle_buffer=None,
+    seed=None,
+    cache=True,
+):
+    """Teacher-forced translation batches from `(source, target)` strings.
+
+    Args:
+        pairs: a list of `(source, target)` string pairs, or a `tf.data.Dataset`
+            of such string pairs.
+        source_tokenizer, target_tokenizer: keras-hub tokenizers (see
+            `keras_transformer.data.tokenizers`).
+        batch_size: examples per batch (without `tokens_per_batch`).
+        max_length: the longest sequence kept, in tokens.
+        length_policy: `"drop"` or `"truncate"` (see the module docstring).
+        bucket_boundaries: sequence-length bucket boundaries, or None for
+            plain padded batches.
+        tokens_per_batch: with buckets, about this many tokens a batch
+            (overrides `batch_size` per bucket).
+        shuffle_buffer: examples to shuffle over (None: no shuffling).
+        seed: shuffling seed.
+        cache: whether to cache the tokenized examples in memory.
+
+    Returns:
+        A `tf.data.Dataset` of `((source_ids, target_input_ids),
+        target_label_ids)`, int32, shapes `(B, S)`, `(B, T)`, `(B, T)`.
+    """
+    if length_policy not in _LENGTH_POLICIES:
+        raise ValueError(
+            f"`length_policy` must be one of {_LENGTH_POLICIES}. Received: {length_policy!r}"
+        )
+    if isinstance(pairs, tf.data.Dataset):
+        dataset = pairs
+    else:
+        sources, targets = zip(*pairs) if pairs else ((), ())
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(sources, tf.string), tf.constant(targets, tf.string))
+        )
+
+    def encode(source, target):
+        return _tokenize(source_tokenizer, source), _tokenize(target_tokenizer, target)
+
+    dataset = dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+    if length_policy == "drop":
+        dataset = dataset.filter(
+            lambda s, t: tf.logical_and(
+                tf.size(s) <= max_length, tf.size(t) + 1 <= max_length
+            )
+        )
+    else:
+        dataset = dataset.map(lambda s, t: (s[:max_length], t[: max_length - 1]))
+
+    def teacher_forcing(source, target):
+        start = tf.constant([START_ID], tf.int32)
+        end = tf.constant([END_ID], tf.int32)
+        return source, tf.concat([start, target], 0), tf.concat([target, end], 0)
+
+    dataset = dataset.map(teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache()
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = _batch(dataset, batch_size, bucket_boundaries, tokens_per_batch, max_length)
+    dataset = dataset.map(lambda s, ti, tl: ((s, ti), tl))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _batch(dataset, batch_size, boundaries, tokens_per_batch, max_length):
+    shapes = ([None], [None], [None])
+    if not boundaries:
+        return dataset.padded_batch(batch_size, padded_shapes=shapes)
+    # Every kept example is at most `max_length` long: the last bucket ends
+    # there (padding to a boundary needs a finite last one).
+    boundaries = [b for b in boundaries if b <= max_length] + [max_length + 1]
+    if tokens_per_batch:
+        sizes = [max(1, tokens_per_batch // (upper - 1)) for upper in boundaries]
+    else:
+        sizes = [batch_size] * len(boundaries)
+    sizes.append(1)  # the bucket past the last boundary, never used
+    return dataset.bucket_by_sequence_length(
+        element_length_func=lambda s, ti, tl: tf.maximum(tf.size(s), tf.size(ti)),
+        bucket_boundaries=boundaries,
+        bucket_batch_sizes=sizes,
+        padded_shapes=shapes,
+        # A few fixed widths: an XLA-compiled model compiles once per shape.
+        pad_to_bucket_boundary=True,
+    )
+
+
+def language_model_dataset(
+    token_ids, sequence_length, *, batch_size=32, shuffle_buffer=None, seed=None
+):
+    """Next-token windows from one long token stream.
+
+    Splits `token_ids` (1-D) into consecutive chunks of `sequence_length + 1`
+    tokens; each gives `inputs = chunk[:-1]`, `labels = chunk[1:]`.
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs, labels)`, int32 `(B, sequence_length)`.
+    """
+    ids = tf.data.Dataset.from_tensor_slices(tf.constant(np.asarray(token_ids), tf.int32))
+    chunks = ids.batch(sequence_length + 1, drop_remainder=True)
+    dataset = chunks.map(lambda c: (c[:-1], c[1:]), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.cache()
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def padding_fraction(dataset, batches=None):
+    """The fraction of label positions that are padding over `batches` batches."""
+    padded = total = 0
+    for _, labels in dataset.take(batches) if batches else dataset:
+        labels = labels.numpy()
+        padded += int((labels == 0).sum())
+        total += labels.size
+    return padded / max(total, 1)
