@@ -166,8 +166,9 @@ def main(argv=None):
     if args.minutes:
         callbacks.append(TimeBudget(args.minutes))
     started = time.time()
+    # The pipeline shuffles itself (`shuffle=False` only tells Keras so).
     history = model.fit(train, validation_data=val, epochs=args.epochs, callbacks=callbacks,
-                        verbose=2)
+                        shuffle=False, verbose=2)
     seconds = time.time() - started
 
     # ## Translating held-out sentences

@@ -5,6 +5,7 @@ import keras
 from keras_transformer.layers.moe import MoE
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
+from keras_transformer.layers.validation import check_positive_int, check_rate
 
 
 class TransformerBlockBase(keras.layers.Layer):
@@ -45,14 +46,9 @@ class TransformerBlockBase(keras.layers.Layer):
                 "arguments with at least `num_experts`, e.g. "
                 f"{{'num_experts': 8, 'top_k': 2}}. Received: moe={moe!r}"
             )
-        if not isinstance(num_heads, int) or num_heads < 1:
-            raise ValueError(
-                f"`num_heads` must be a positive int. Received: num_heads={num_heads}"
-            )
-        if not isinstance(ffn_dim, int) or ffn_dim < 1:
-            raise ValueError(f"`ffn_dim` must be a positive int. Received: ffn_dim={ffn_dim}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("ffn_dim", ffn_dim)
+        check_rate("dropout", dropout)
         self.num_heads = num_heads
         self.ffn_dim = ffn_dim
         self.dropout = dropout

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_transformer.layers import masks as masks_lib
 from keras_transformer.layers.routing_statistics import RoutingStatistics
+from keras_transformer.layers.validation import check_positive_int, check_rate
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -104,10 +105,8 @@ class MoE(keras.layers.Layer):
             uid = keras.backend.get_uid("keras_transformer_moe")
             kwargs["name"] = "moe" if uid == 1 else f"moe_{uid - 1}"
         super().__init__(**kwargs)
-        _check(isinstance(num_experts, int) and num_experts >= 1, "num_experts", num_experts,
-               "a positive int")
-        _check(isinstance(expert_dim, int) and expert_dim >= 1, "expert_dim", expert_dim,
-               "a positive int")
+        check_positive_int("num_experts", num_experts)
+        check_positive_int("expert_dim", expert_dim)
         if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
             raise ValueError(
                 "`top_k` must be an int between 1 and `num_experts`. "
@@ -116,10 +115,10 @@ class MoE(keras.layers.Layer):
         _check(capacity_factor > 0, "capacity_factor", capacity_factor, "> 0")
         _check(eval_capacity_factor is None or eval_capacity_factor > 0,
                "eval_capacity_factor", eval_capacity_factor, "None or > 0")
-        _check(0 <= router_jitter < 1, "router_jitter", router_jitter, "in [0, 1)")
+        check_rate("router_jitter", router_jitter)
         _check(aux_loss_weight >= 0, "aux_loss_weight", aux_loss_weight, ">= 0")
         _check(z_loss_weight >= 0, "z_loss_weight", z_loss_weight, ">= 0")
-        _check(0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
+        check_rate("dropout", dropout)
         self.num_experts = num_experts
         self.expert_dim = expert_dim
         self.top_k = top_k

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import masks as masks_lib
+from keras_transformer.layers.validation import check_positive_int, check_rate
 
 # Added to the scores of masked keys (in float32) before the softmax. Finite, so
 # a row whose keys are all masked never turns into NaN.
@@ -102,17 +103,10 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(num_heads, int) or num_heads < 1:
-            raise ValueError(
-                f"`num_heads` must be a positive int. Received: num_heads={num_heads}"
-            )
-        if head_dim is not None and (not isinstance(head_dim, int) or head_dim < 1):
-            raise ValueError(
-                "`head_dim` must be a positive int or None. "
-                f"Received: head_dim={head_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        check_positive_int("num_heads", num_heads)
+        if head_dim is not None:
+            check_positive_int("head_dim", head_dim)
+        check_rate("dropout", dropout)
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.dropout = dropout

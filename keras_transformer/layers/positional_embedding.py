@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_transformer.layers.validation import check_positive_int
+
 _POSITIONS = ("sinusoidal", "learned")
 
 
@@ -88,13 +90,9 @@ class PositionalEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (
-            ("vocab_size", vocab_size),
-            ("max_length", max_length),
-            ("embed_dim", embed_dim),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int. Received: {name}={value}")
+        check_positive_int("vocab_size", vocab_size)
+        check_positive_int("max_length", max_length)
+        check_positive_int("embed_dim", embed_dim)
         if positions not in _POSITIONS:
             raise ValueError(
                 f"`positions` must be one of {_POSITIONS}. Received: positions={positions!r}"

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_transformer.layers.validation import check_positive_int, check_rate
+
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class PositionwiseFFN(keras.layers.Layer):
@@ -47,12 +49,8 @@ class PositionwiseFFN(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(hidden_dim, int) or hidden_dim < 1:
-            raise ValueError(
-                f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        check_positive_int("hidden_dim", hidden_dim)
+        check_rate("dropout", dropout)
         self.hidden_dim = hidden_dim
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
