@@ -71,14 +71,14 @@ def split(pairs, validation_fraction, seed):
 
 def exact_match(model, target_tokenizer, source_tokenizer, pairs, max_length):
     """Share of `pairs` whose greedy translation equals the reference (case-blind)."""
-    source_ids = pipelines_source_ids(source_tokenizer, [en for en, _ in pairs], max_length)
+    source_ids = padded_source_ids(source_tokenizer, [en for en, _ in pairs], max_length)
     generated = greedy_translate(model, source_ids, max_length)
     hypotheses = tk.decode(target_tokenizer, generated)
     references = [es.lower() for _, es in pairs]
     return float(np.mean([h == r for h, r in zip(hypotheses, references)])), hypotheses
 
 
-def pipelines_source_ids(tokenizer, texts, max_length):
+def padded_source_ids(tokenizer, texts, max_length):
     rows = [np.asarray(tokenizer(text)).tolist()[:max_length] for text in texts]
     width = max(len(row) for row in rows)
     return np.array([row + [0] * (width - len(row)) for row in rows], "int32")

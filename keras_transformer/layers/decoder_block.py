@@ -184,6 +184,10 @@ class DecoderBlock(TransformerBlockBase):
 
         # Cross-attention block.
         if self.has_cross_attention:
+            if cross_attention_cache is None and self_attention_cache is not None:
+                # First cached step: project the encoder's keys/values once,
+                # attend through them and return them for the next steps.
+                cross_attention_cache = self.compute_cross_attention_cache(encoder_sequence)
             residual = x
             x = self._pre_norm(x, self._cross_attention_norm)
             x, *rest = self._cross_attention(
@@ -196,10 +200,6 @@ class DecoderBlock(TransformerBlockBase):
                 return_attention_scores=True,
                 training=training,
             )
-            if cross_attention_cache is None and self_attention_cache is not None:
-                cross_attention_cache = self.compute_cross_attention_cache(
-                    encoder_sequence
-                )
             scores["cross_attention"] = rest[-1]
             x = self._add_residual(
                 x, residual, self._cross_attention_dropout, self._cross_attention_norm,
