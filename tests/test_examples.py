@@ -66,20 +66,31 @@ def test_moe_language_model_builtin_text_is_deterministic_and_encodes_losslessly
 
 
 def test_translation_example_smoke_trains_saves_and_translates(tmp_path):
-    result = _load("train_translation").main(["--smoke", "--output-dir", str(tmp_path)])
+    result = _load("train_translation").main(
+        ["--smoke", "--output-dir", str(tmp_path), "--export-dir", str(tmp_path / "export")]
+    )
     history = result["history"]
     assert history["loss"][-1] < history["loss"][0]
     assert 0.0 <= result["exact_match"] <= 1.0
+    assert result["export_path"] == str(tmp_path / "export" / "1")
+    assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
     for name in ("best.keras", "config.json", "source_vocabulary/vocabulary.txt",
                  "target_vocabulary/vocabulary.txt"):
         assert (tmp_path / name).exists(), name
 
 
-def test_translation_example_reads_the_anki_archive_layout(tmp_path):
-    import zipfile
+def test_char_lm_example_smoke_trains_and_scores(tmp_path):
+    result = _load("train_char_lm").main(["--smoke", "--output-dir", str(tmp_path)])
+    # From ln(128) = 4.85 nats for a uniform guess over the 128 ids.
+    assert result["val_loss"] < 4.5
+    assert (tmp_path / "model.keras").exists() and (tmp_path / "config.json").exists()
 
-    archive = tmp_path / "spa-eng.zip"
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("spa-eng/spa.txt", "Go.\tVe.\tCC-BY 2.0\nHi.\tHola.\tCC-BY 2.0\n\n")
-        z.writestr("spa-eng/_about.txt", "about")
-    assert _load("train_translation").read_pairs(str(archive)) == [("Go.", "Ve."), ("Hi.", "Hola.")]
+
+def test_char_lm_tokenizer_keeps_case_and_round_trips():
+    from keras_transformer.recipes import char_lm
+
+    tokenizer = char_lm.character_tokenizer()
+    text = "ROMEO:\nO, she doth teach the torches to burn bright!"
+    ids = char_lm.encode(tokenizer, text)
+    assert ids.min() > 0 and ids.max() < 128
+    assert char_lm.decode(tokenizer, ids) == text

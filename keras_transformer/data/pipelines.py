@@ -136,23 +136,56 @@ def _batch(dataset, batch_size, boundaries, tokens_per_batch, max_length):
 
 
 def language_model_dataset(
-    token_ids, sequence_length, *, batch_size=32, shuffle_buffer=None, seed=None
+    token_ids, sequence_length, *, batch_size=32, shuffle_buffer=None, seed=None,
+    random_offset=False, drop_remainder=True,
 ):
     """Next-token windows from one long token stream.
 
     Splits `token_ids` (1-D) into consecutive chunks of `sequence_length + 1`
     tokens; each gives `inputs = chunk[:-1]`, `labels = chunk[1:]`.
 
+    Args:
+        token_ids: 1-D int array, the whole stream.
+        sequence_length: int, tokens per window.
+        batch_size: int; the last partial batch is dropped.
+        shuffle_buffer: int or None, shuffle the windows each epoch.
+        seed: int or None, the shuffle and offset seed.
+        random_offset: bool. If True, the chunk boundaries move by a random
+            offset in `[0, sequence_length]` each epoch, so that over epochs
+            the model sees the text cut at every place (for training). If
+            False, the windows are fixed (for validation: each token is
+            scored once).
+        drop_remainder: bool, drop the last partial batch (keep it for
+            validation, so that every window is scored).
+
     Returns:
         A `tf.data.Dataset` of `(inputs, labels)`, int32 `(B, sequence_length)`.
     """
-    ids = tf.data.Dataset.from_tensor_slices(tf.constant(np.asarray(token_ids), tf.int32))
-    chunks = ids.batch(sequence_length + 1, drop_remainder=True)
-    dataset = chunks.map(lambda c: (c[:-1], c[1:]), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.cache()
+    ids = tf.constant(np.asarray(token_ids), tf.int32)
+    if ids.shape.rank != 1 or ids.shape[0] < sequence_length + 1:
+        raise ValueError(
+            f"`token_ids` must be 1-D with at least sequence_length + 1 = "
+            f"{sequence_length + 1} tokens. Received shape {tuple(ids.shape)}."
+        )
+    window = sequence_length + 1
+
+    def chunks(offset):
+        stream = ids[offset:]
+        count = tf.shape(stream)[0] // window
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(stream[: count * window],
+                                                             [count, window]))
+
+    if random_offset:
+        # A new offset each time the dataset is iterated (each epoch).
+        offsets = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        dataset = offsets.take(1).flat_map(lambda r: chunks(tf.cast(r % window, tf.int32)))
+    else:
+        dataset = chunks(0).cache()
+    dataset = dataset.map(lambda c: (c[:-1], c[1:]), num_parallel_calls=tf.data.AUTOTUNE)
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def padding_fraction(dataset, batches=None):

@@ -1,5 +1,29 @@
-"""Decoding: greedy (cached decoding, beam search and sampling follow)."""
+"""Decoding: cached greedy, beam and sampling searches, and the text-to-text `Translator`.
+
+`greedy_translate` is the uncached reference (the whole model re-run at every
+step) that the cached searches are tested against.
+"""
 
 from keras_transformer.generation.greedy import greedy_translate
+from keras_transformer.generation.search import (
+    beam_search,
+    filter_logits,
+    greedy_search,
+    length_penalty,
+    sample,
+)
+from keras_transformer.generation.steppers import CausalLMStepper, EncoderDecoderStepper
+from keras_transformer.generation.translator import Translator, load_translator
 
-__all__ = ["greedy_translate"]
+__all__ = [
+    "CausalLMStepper",
+    "EncoderDecoderStepper",
+    "Translator",
+    "beam_search",
+    "filter_logits",
+    "greedy_search",
+    "greedy_translate",
+    "length_penalty",
+    "load_translator",
+    "sample",
+]

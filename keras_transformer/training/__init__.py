@@ -1,8 +1,8 @@
 """Losses, metrics, schedules and optimizers for training Transformers."""
 
-from keras_transformer.training.callbacks import TimeBudget
+from keras_transformer.training.callbacks import TimeBudget, WallClockLearningRate
 from keras_transformer.training.losses import MaskedSparseCategoricalCrossentropy
-from keras_transformer.training.metrics import MaskedAccuracy
+from keras_transformer.training.metrics import MaskedAccuracy, masked_perplexity
 from keras_transformer.training.schedules import TransformerSchedule, transformer_optimizer
 
 __all__ = [
@@ -10,5 +10,7 @@ __all__ = [
     "MaskedSparseCategoricalCrossentropy",
     "TimeBudget",
     "TransformerSchedule",
+    "WallClockLearningRate",
+    "masked_perplexity",
     "transformer_optimizer",
 ]

@@ -44,3 +44,22 @@ class MaskedAccuracy(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "pad_id": self.pad_id}
+
+
+def masked_perplexity(pad_id=0, name="perplexity"):
+    """keras-hub's `Perplexity` on logits, ignoring the `pad_id` labels.
+
+    `exp` of the mean cross-entropy over real tokens, accumulated over the
+    epoch (not the mean of per-batch perplexities).
+
+    Example:
+
+    >>> metric = masked_perplexity()
+    >>> logits = keras.ops.zeros((1, 3, 4))                # uniform over 4 tokens
+    >>> metric.update_state(keras.ops.array([[2, 3, 0]]), logits)
+    >>> round(float(metric.result()), 4)
+    4.0
+    """
+    import keras_hub
+
+    return keras_hub.metrics.Perplexity(from_logits=True, mask_token_id=pad_id, name=name)

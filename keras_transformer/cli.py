@@ -1,0 +1,170 @@
+"""The `keras-transformer` command.
+
+    keras-transformer train translation [options]   # encoder–decoder, English → Spanish
+    keras-transformer train char-lm [options]       # character language model
+    keras-transformer export RUN_DIR --name NAME     # → saved_models/NAME/<version>/
+    keras-transformer translate saved_models/NAME "text" ...   # or lines on stdin
+    keras-transformer serve saved_models/NAME        # TF Serving's REST API on :8501
+    keras-transformer evaluate saved_models/NAME test.tsv      # BLEU and chrF
+    keras-transformer <command> --help              # every option, explained
+
+Each subcommand is a thin layer over a function of the library, so that what
+the command does, a script can do too.
+"""
+
+import argparse
+import os
+import sys
+
+
+def _train_parser(subparsers):
+    from keras_transformer.recipes import char_lm, translation
+
+    train = subparsers.add_parser(
+        "train", help="train a model (translation or character language model)",
+        description="Train a model; `train <task> --help` lists the task's options.",
+    )
+    tasks = train.add_subparsers(dest="task", required=True, metavar="TASK")
+    for name, recipe, summary in (
+        ("translation", translation, "encoder–decoder translation (built-in corpus, "
+                                     "spa-eng.zip, or a TFDS dataset)"),
+        ("char-lm", char_lm, "decoder-only character language model (tiny-shakespeare)"),
+    ):
+        task = tasks.add_parser(
+            name, help=summary, description=recipe.__doc__.split("\n\n")[0].lstrip("# "),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        recipe.add_arguments(task)
+        task.set_defaults(run=recipe.run)
+
+
+def _load_translate_function(model_path):
+    """`list of str → list of str` for a SavedModel (base or version dir) or a run dir."""
+    if os.path.exists(os.path.join(model_path, "best.keras")):
+        import tensorflow as tf
+
+        from keras_transformer.generation import load_translator
+
+        translator = load_translator(model_path)
+        return lambda texts: [t.decode("utf-8") for t in
+                              translator.translate(tf.constant(texts))["translation"].numpy()]
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the tokenizer ops of the graph)
+
+    from keras_transformer.export.server import latest_version
+
+    if not os.path.exists(os.path.join(model_path, "saved_model.pb")):
+        model_path = os.path.join(model_path, latest_version(model_path))
+    signature = tf.saved_model.load(model_path).signatures["serving_default"]
+    return lambda texts: [t.decode("utf-8") for t in
+                          signature(text=tf.constant(texts))["translation"].numpy()]
+
+
+def _export(args):
+    from keras_transformer.export import export_saved_model
+    from keras_transformer.generation import load_translator
+
+    translator = load_translator(args.run_dir, beam_size=args.beam_size, alpha=args.alpha)
+    path = export_saved_model(translator, os.path.join(args.saved_models, args.name),
+                              version=args.version)
+    print(f"Exported {args.run_dir} to {path}")
+    return path
+
+
+def _translate(args):
+    translate = _load_translate_function(args.model)
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    for start in range(0, len(texts), args.batch_size):
+        for text in translate(texts[start : start + args.batch_size]):
+            print(text, flush=True)
+    return texts
+
+
+def _serve(args):
+    from keras_transformer.export.server import serve
+
+    serve(args.model, host=args.host, port=args.port)
+    return 0
+
+
+def _evaluate(args):
+    from keras_transformer.generation import evaluation
+
+    sources, references = evaluation.read_tsv(args.tsv)
+    if args.limit:
+        sources, references = sources[: args.limit], references[: args.limit]
+    hypotheses = evaluation.translate_all(_load_translate_function(args.model), sources,
+                                          args.batch_size)
+    scores = evaluation.score(hypotheses, references, lowercase=args.lowercase)
+    print(f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}  on {scores['sentences']} "
+          f"sentences ({scores['signature']})")
+    return scores
+
+
+def _serving_parsers(subparsers):
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    export = subparsers.add_parser(
+        "export", formatter_class=defaults,
+        help="export a trained translation model as a SavedModel (text in, text out)")
+    export.add_argument("run_dir", help="a training run directory (best.keras, config.json, "
+                                        "vocabularies), as `train translation` writes it")
+    export.add_argument("--name", default="translator", help="the model's name (directory)")
+    export.add_argument("--saved-models", default="saved_models",
+                        help="base directory; the export goes to <this>/<name>/<version>/")
+    export.add_argument("--version", type=int, default=None,
+                        help="version number (default: one more than the highest present)")
+    export.add_argument("--beam-size", type=int, default=4, help="beam size (1 = greedy)")
+    export.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty")
+    export.set_defaults(run=_export)
+
+    translate = subparsers.add_parser(
+        "translate", formatter_class=defaults,
+        help="translate text given on the command line, or lines read from stdin")
+    translate.add_argument("model", help="saved_models/<name> (newest version), a version "
+                                         "directory, or a training run directory")
+    translate.add_argument("text", nargs="*", help="sentences (default: read stdin)")
+    translate.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+    translate.set_defaults(run=_translate)
+
+    serve = subparsers.add_parser(
+        "serve", formatter_class=defaults,
+        help="serve a SavedModel over HTTP with TensorFlow Serving's REST predict API")
+    serve.add_argument("model", help="saved_models/<name>; serves its newest version as <name>")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8501, help="port (TF Serving's REST port)")
+    serve.set_defaults(run=_serve)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", formatter_class=defaults,
+        help="BLEU and chrF (sacrebleu) of a model on a source<TAB>reference file")
+    evaluate.add_argument("model", help="saved_models/<name>, a version directory, or a "
+                                        "training run directory")
+    evaluate.add_argument("tsv", help="one source<TAB>reference pair a line")
+    evaluate.add_argument("--limit", type=int, default=None, help="score the first N only")
+    evaluate.add_argument("--lowercase", action="store_true",
+                          help="case-insensitive BLEU (for lowercasing vocabularies)")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+    evaluate.set_defaults(run=_evaluate)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-transformer",
+        description="Train, export, serve and evaluate Transformers built with keras_transformer.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _train_parser(subparsers)
+    _serving_parsers(subparsers)
+    return parser
+
+
+def main(argv=None):
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    result = args.run(args)
+    return 0 if result is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Text in, text out: tokenizers + cached search + detokenizer, as one `tf.Module`.
+
+`Translator` is what the package exports (see `keras_transformer.export`)
+and what it runs in process, so both give the same strings. All of it is
+TensorFlow graph code: the tokenizers are keras-hub layers built on
+tensorflow-text ops, and the search is one XLA-compiled `tf.while_loop`.
+
+    translator = Translator(model, source_tokenizer, target_tokenizer, max_length=48)
+    translator.translate(tf.constant(["Where is the child?"]))["translation"]
+
+Inputs longer than `max_length` tokens are truncated to `max_length`
+(documented, never an error); an empty string translates to whatever the
+model makes of an empty source (usually an empty string).
+"""
+
+import keras_hub
+import tensorflow as tf
+
+from keras_transformer.data.tokenizers import END_ID, RESERVED_TOKENS
+from keras_transformer.generation import search
+from keras_transformer.generation.steppers import EncoderDecoderStepper
+
+# "¿ dónde está ?" → "¿dónde está?" (the WordPiece detokenizer puts spaces
+# around punctuation; tokenizers.decode does the same in Python).
+_SPACE_BEFORE = r" ([.,;:!?)\]}»%])"
+_SPACE_AFTER = r"([¿¡(\[{«]) "
+
+
+def strip_special(ids):
+    """Ragged ids without reserved tokens, each row cut at its first `[END]`."""
+    ids = tf.convert_to_tensor(ids, tf.int32)
+    ended = tf.cumsum(tf.cast(ids == END_ID, tf.int32), axis=1) > 0
+    keep = ~ended & (ids >= len(RESERVED_TOKENS))
+    return tf.ragged.boolean_mask(ids, keep)
+
+
+class Translator(tf.Module):
+    """Translates batches of strings with a `build_transformer` model.
+
+    Args:
+        model: the encoder–decoder `keras.Model`.
+        source_tokenizer, target_tokenizer: keras-hub tokenizers (WordPiece
+            or byte-level BPE, from `keras_transformer.data.tokenizers`).
+        max_length: int, source tokens kept (longer inputs are truncated)
+            and target tokens generated at most. Sources are padded to it,
+            so XLA compiles the search once per batch size.
+        beam_size: int, 1 = greedy search.
+        alpha: float, GNMT length penalty for beam search.
+        jit_compile: bool, compile the search with XLA.
+
+    Call `translate(text)` with `text` a `(B,)` `tf.string` tensor; it returns
+    `{"translation": (B,) string, "token_ids": (B, max_length) int32,
+    "scores": (B,) float32 log-probabilities}`. `translate_ids(source_ids)`
+    is the token-level version.
+    """
+
+    def __init__(self, model, source_tokenizer, target_tokenizer, *, max_length,
+                 beam_size=1, alpha=0.6, jit_compile=True, name="translator"):
+        super().__init__(name=name)
+        if max_length < 1:
+            raise ValueError(f"`max_length` must be >= 1. Received: {max_length}")
+        self.model = model
+        self.source_tokenizer = source_tokenizer
+        self.target_tokenizer = target_tokenizer
+        self.max_length = int(max_length)
+        self.beam_size = int(beam_size)
+        self.alpha = float(alpha)
+        self._stepper = EncoderDecoderStepper(model)
+        self._search = tf.function(self._search_ids, jit_compile=jit_compile)
+        self._is_wordpiece = isinstance(target_tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
+
+    def _search_ids(self, source_ids):
+        state = self._stepper.initial_state(source_ids, self.max_length)
+        first = tf.fill([tf.shape(source_ids)[0]], 2)  # [START]
+        if self.beam_size == 1:
+            return search.greedy_search(self._stepper, state, first, self.max_length)
+        return search.beam_search(self._stepper, state, first, self.max_length,
+                                  beam_size=self.beam_size, alpha=self.alpha)
+
+    def tokenize(self, text):
+        """`(B,)` strings → `(B, max_length)` int32 source ids (truncated, 0-padded)."""
+        ids = self.source_tokenizer(text)
+        if isinstance(ids, list):  # keras-hub gives Python lists when run eagerly
+            ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
+        if isinstance(ids, tf.RaggedTensor):
+            ids = ids.to_tensor(shape=[None, self.max_length])
+        return tf.cast(ids[:, : self.max_length], tf.int32)
+
+    def detokenize(self, ids):
+        """`(B, L)` target ids → `(B,)` strings (reserved tokens dropped, cut at `[END]`)."""
+        text = self.target_tokenizer.detokenize(strip_special(ids))
+        if self._is_wordpiece:
+            text = tf.strings.regex_replace(text, _SPACE_BEFORE, r"\1")
+            text = tf.strings.regex_replace(text, _SPACE_AFTER, r"\1")
+        return text
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="source_ids")])
+    def translate_ids(self, source_ids):
+        source_ids = source_ids[:, : self.max_length]
+        width = tf.shape(source_ids)[1]
+        source_ids = tf.pad(source_ids, [[0, 0], [0, self.max_length - width]])
+        token_ids, scores = self._search(source_ids)
+        return {"token_ids": token_ids, "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def translate(self, text):
+        outputs = self.translate_ids(self.tokenize(text))
+        return {"translation": self.detokenize(outputs["token_ids"]), **outputs}
+
+
+def load_translator(run_dir, **kwargs):
+    """A `Translator` for a training run's directory.
+
+    `run_dir` holds what `keras-transformer train translation` writes:
+    `best.keras`, `config.json`, `source_vocabulary/`, `target_vocabulary/`.
+    `kwargs` go to `Translator` (`beam_size`, `alpha`, `max_length`, ...);
+    `max_length` defaults to the model's.
+    """
+    import json
+    import os
+
+    import keras
+
+    from keras_transformer.data import tokenizers as tk
+
+    missing = [name for name in ("best.keras", "config.json", "source_vocabulary",
+                                 "target_vocabulary")
+               if not os.path.exists(os.path.join(run_dir, name))]
+    if missing:
+        raise FileNotFoundError(f"{run_dir!r} is not a training run directory: missing "
+                                f"{missing} (written by `keras-transformer train translation`).")
+    with open(os.path.join(run_dir, "config.json")) as handle:
+        kwargs.setdefault("max_length", json.load(handle)["max_length"])
+    model = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
+    return Translator(model, tk.load_tokenizer(os.path.join(run_dir, "source_vocabulary")),
+                      tk.load_tokenizer(os.path.join(run_dir, "target_vocabulary")), **kwargs)

@@ -1,0 +1,204 @@
+"""# A character-level language model of Shakespeare, against nanoGPT's clock
+
+A decoder-only Transformer (`build_causal_lm`) trained on tiny-shakespeare to
+predict the next character, under a wall-clock budget. nanoGPT's CPU recipe
+for the same data (4 layers, 4 heads, 128 dims, context 64, batch 12, 2,000
+iterations, lr 1e-3, no dropout) reaches a validation loss of 1.87 nats per
+character in about 95 s on a 2-core machine; this script's defaults train
+for the same 95 s and are scored the same way, on the held-out last 10 % of
+the text it trains from.
+
+What differs from that recipe, and why it helps under a fixed clock:
+- 2 layers instead of 4 (same width, heads and context): under a 95-second
+  budget the model sees well under one pass of the text, and twice the steps
+  are worth more than twice the depth (measured: 4 layers reach 2.04, 3
+  layers 1.97, 2 layers 1.80 nats in the same 95 s on this machine);
+- ReLU instead of the exact GELU, which costs ~20 % of a block's time on CPU;
+- the training step compiled with XLA;
+- a learning rate tied to the clock (`WallClockLearningRate`): warm-up, then
+  a cosine decay that ends when the budget does.
+
+This module is the recipe that `keras-transformer train char-lm` and
+`examples/train_char_lm.py` run; it reads top to bottom.
+
+    keras-transformer train char-lm --data ../shared/data/tinyshakespeare-train.txt.gz
+    keras-transformer train char-lm            # downloads tiny-shakespeare (TFDS)
+    keras-transformer train char-lm --smoke    # seconds, for the tests
+"""
+
+import argparse
+import json
+import os
+import time
+
+import keras
+import keras_hub
+import numpy as np
+
+from keras_transformer.data import datasets, pipelines
+from keras_transformer.models import TransformerConfig, build_causal_lm
+from keras_transformer.training import (
+    MaskedSparseCategoricalCrossentropy,
+    TimeBudget,
+    WallClockLearningRate,
+    masked_perplexity,
+)
+
+# A short built-in text for `--smoke`, so the tests need no corpus.
+SMOKE_TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\n"
+) * 200
+
+
+# ## Characters to ids
+#
+# keras-hub's `UnicodeCodepointTokenizer` maps each character to its code
+# point; with `vocabulary_size=128` anything beyond ASCII becomes one
+# replacement id. Shakespeare's text is ASCII, so the 128 ids hold all of it.
+# Id 0 (NUL) never occurs in text and is the padding id the loss ignores.
+def character_tokenizer(vocabulary_size=128):
+    return keras_hub.tokenizers.UnicodeCodepointTokenizer(
+        vocabulary_size=vocabulary_size, replacement_char=vocabulary_size - 1,
+        lowercase=False,  # keras-hub lowercases by default; case is part of the task
+    )
+
+
+def encode(tokenizer, text):
+    return np.asarray(tokenizer(text), "int32")
+
+
+def decode(tokenizer, ids):
+    text = tokenizer.detokenize(np.asarray(ids, "int32"))
+    return text if isinstance(text, str) else text.numpy().decode("utf-8", "replace")
+
+
+# ## Sampling
+#
+# A few lines of generated text at the end, to see what the numbers mean.
+# (Fast cached generation is `keras_transformer.generation`; this is the
+# plain loop over the whole window.)
+def sample(model, tokenizer, prompt, length, context, temperature=0.8, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = list(encode(tokenizer, prompt))
+    for _ in range(length):
+        window = ids[-context:]
+        padded = np.zeros((1, context), "int32")
+        padded[0, : len(window)] = window
+        logits = model.predict_on_batch(padded)[0, len(window) - 1] / temperature
+        probabilities = np.exp(logits - logits.max())
+        ids.append(int(rng.choice(len(probabilities), p=probabilities / probabilities.sum())))
+    return decode(tokenizer, ids)
+
+
+def add_arguments(parser):
+    """The recipe's options (shared by the example and `keras-transformer train`)."""
+    parser.add_argument("--data", help="a local tiny-shakespeare copy (.txt or .txt.gz), read "
+                        "through the TFDS builder; default: download it")
+    parser.add_argument("--data-dir", help="TFDS data directory (TFDS's default if omitted)")
+    parser.add_argument("--output-dir", default="runs/char_lm",
+                        help="where the model and its config go")
+    parser.add_argument("--seconds", type=float, default=95.0, help="wall-clock training budget")
+    parser.add_argument("--context", type=int, default=64, help="characters per window")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per batch")
+    parser.add_argument("--layers", type=int, default=2, help="decoder blocks")
+    parser.add_argument("--dim", type=int, default=128, help="model width")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument("--activation", default="relu",
+                        help="FFN activation (exact GELU costs ~20 %% more time on CPU)")
+    parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run for the tests")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data order and weights")
+    return parser
+
+
+def main(argv=None):
+    args = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(
+        argv
+    )
+    return run(args)
+
+
+def run(args):
+    """Trains and scores a character language model as `args` says."""
+    if args.smoke:
+        args.seconds, args.layers, args.dim, args.context, args.batch_size = 8.0, 1, 32, 32, 16
+    keras.utils.set_random_seed(args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    # ## The text and its held-out tail
+    #
+    # tiny-shakespeare comes through the package's TFDS builder (a download
+    # from the official address, or `--data` for a local copy); its train
+    # split is the first 90 % of the corpus. We hold out the last 10 % of
+    # that text for validation, as nanoGPT does.
+    if args.smoke:
+        text = SMOKE_TEXT
+    else:
+        text = datasets.shakespeare_text(data_dir=args.data_dir, local_file=args.data)
+    cut = int(len(text) * 0.9)
+    tokenizer = character_tokenizer()
+    train_ids, val_ids = encode(tokenizer, text[:cut]), encode(tokenizer, text[cut:])
+    print(f"{len(train_ids):,} training and {len(val_ids):,} validation characters")
+
+    # `language_model_dataset` cuts the stream into windows of
+    # `context + 1` characters: inputs are all but the last, labels all but
+    # the first. Training windows are reshuffled every epoch; validation
+    # scores every character of the held-out tail once.
+    train = pipelines.language_model_dataset(
+        train_ids, args.context, batch_size=args.batch_size, shuffle_buffer=len(train_ids),
+        seed=args.seed, random_offset=True,
+    )
+    val = pipelines.language_model_dataset(val_ids, args.context, batch_size=args.batch_size,
+                                         drop_remainder=False)
+
+    # ## The model
+    #
+    # nanoGPT's block: pre-LN decoder blocks, learned positions, no dropout,
+    # input and output embeddings tied. ReLU instead of nanoGPT's GELU: the
+    # exact GELU is slow on CPU (a fifth of each block's time), and under a
+    # clock the extra steps are worth more.
+    config = TransformerConfig(
+        vocab_size=tokenizer.vocabulary_size(), max_length=args.context, embed_dim=args.dim,
+        num_heads=args.heads, ffn_dim=4 * args.dim, num_encoder_layers=0,
+        num_decoder_layers=args.layers, dropout=0.0, norm_first=True, activation=args.activation,
+        positions="learned",
+    )
+    with open(os.path.join(args.output_dir, "config.json"), "w") as handle:
+        json.dump(config.to_dict(), handle, indent=2)
+    model = build_causal_lm(config)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(args.learning_rate, beta_2=0.99, weight_decay=0.1,
+                                         global_clipnorm=1.0),
+        loss=MaskedSparseCategoricalCrossentropy(),
+        metrics=[masked_perplexity()],
+        jit_compile=True,
+    )
+    model.summary(line_length=100)
+
+    # ## Training against the clock
+    #
+    # `TimeBudget` stops at the budget (the clock starts with `fit`, so XLA's
+    # compilation counts against it); `WallClockLearningRate` decays the
+    # learning rate over the same budget.
+    minutes = args.seconds / 60
+    callbacks = [TimeBudget(minutes), WallClockLearningRate(args.learning_rate, minutes)]
+    started = time.time()
+    model.fit(train, epochs=1000, callbacks=callbacks, verbose=2)
+    seconds = time.time() - started
+
+    # ## Validation loss in nats per character
+    scores = model.evaluate(val, return_dict=True, verbose=0)
+    print(f"\nTrained for {seconds:.0f} s ({model.optimizer.iterations.numpy():,} steps of "
+          f"{args.batch_size}×{args.context} characters)")
+    print(f"Validation loss {scores['loss']:.3f} nats/char "
+          f"(perplexity {scores['perplexity']:.2f}) on the last 10 % of the text; "
+          "nanoGPT's CPU recipe: 1.87 in ~95 s")
+    model.save(os.path.join(args.output_dir, "model.keras"))
+    print("\n" + sample(model, tokenizer, "ROMEO:\n", 200 if not args.smoke else 20,
+                        args.context))
+    return {"val_loss": scores["loss"], "seconds": seconds}
+
+
+if __name__ == "__main__":
+    main()

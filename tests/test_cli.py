@@ -1,0 +1,77 @@
+"""The `keras-transformer` command: help for every option, and a real run."""
+
+import subprocess
+import sys
+
+import pytest
+
+from keras_transformer import cli
+
+
+@pytest.mark.parametrize("task", ["translation", "char-lm"])
+def test_train_help_explains_every_option(task, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", task, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    parser = cli.build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    task_parser = train._subparsers._group_actions[0].choices[task]
+    for action in task_parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.option_strings[-1] in text
+            assert action.help, f"{task} {action.option_strings} has no help"
+
+
+def test_unknown_task_is_an_error_naming_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "poetry"])
+    assert exit_info.value.code == 2
+    assert "translation" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    # `pip install` put `keras-transformer` beside this interpreter.
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_transformer.cli", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0 and "train" in result.stdout
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "keras-transformer"]
+    assert script.value == "keras_transformer.cli:main"
+
+
+def test_train_export_translate_evaluate_through_the_command(tmp_path, capsys):
+    run_dir, saved = tmp_path / "run", tmp_path / "saved_models"
+    assert cli.main(["train", "translation", "--smoke", "--output-dir", str(run_dir),
+                     "--export-dir", str(saved / "smoke")]) == 0
+    assert (run_dir / "best.keras").exists() and (saved / "smoke" / "1").exists()
+    # export: the next version of another name, greedy this time.
+    assert cli.main(["export", str(run_dir), "--name", "mine", "--saved-models", str(saved),
+                     "--beam-size", "1"]) == 0
+    assert (saved / "mine" / "1" / "saved_model.pb").exists()
+    capsys.readouterr()
+    # translate through the SavedModel and through the run directory: same text.
+    cli.main(["translate", str(saved / "mine"), "one book", "two houses"])
+    through_saved_model = capsys.readouterr().out.splitlines()
+    assert len(through_saved_model) == 2
+    # evaluate: BLEU and chrF on a TSV.
+    tsv = tmp_path / "test.tsv"
+    tsv.write_text("one book\tun libro\ntwo houses\tdos casas\n", encoding="utf-8")
+    assert cli.main(["evaluate", str(saved / "mine"), str(tsv)]) == 0
+    assert "BLEU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["export", "translate", "serve", "evaluate"])
+def test_serving_commands_explain_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    parser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help, f"{command} {action.dest} has no help"
+            assert (action.option_strings or [action.dest])[-1] in text

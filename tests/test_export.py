@@ -1,0 +1,152 @@
+"""SavedModel export: text in, text out, loaded with TensorFlow alone; atomic versions."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer.data import generate_pairs
+from keras_transformer.data import tokenizers as tk
+from keras_transformer.export import export_saved_model, versions
+from keras_transformer.generation import Translator, greedy_translate
+from keras_transformer.models import TransformerConfig, build_transformer
+
+TEXTS = ["twenty-one books", "¿Dónde está el niño?", "", "seven plus five is twelve " * 40]
+
+
+@pytest.fixture(scope="module")
+def translator():
+    pairs = generate_pairs(300, seed=0)
+    source = tk.train_wordpiece([en for en, _ in pairs], 200)
+    target = tk.train_wordpiece([es for _, es in pairs], 200)
+    tf.random.set_seed(0)
+    config = TransformerConfig(
+        vocab_size=target.vocabulary_size(), source_vocab_size=source.vocabulary_size(),
+        max_length=16, embed_dim=32, num_heads=2, ffn_dim=64, num_encoder_layers=1,
+        num_decoder_layers=1, dropout=0.0,
+    )
+    return Translator(build_transformer(config), source, target, max_length=16, beam_size=2)
+
+
+@pytest.fixture(scope="module")
+def exported(translator, tmp_path_factory):
+    base = tmp_path_factory.mktemp("saved_models") / "translator"
+    path = export_saved_model(translator, str(base))
+    return base, path
+
+
+def test_translate_in_process_matches_the_uncached_reference(translator):
+    greedy = Translator(translator.model, translator.source_tokenizer,
+                        translator.target_tokenizer, max_length=16)
+    source_ids = greedy.tokenize(tf.constant(TEXTS)).numpy()
+    assert source_ids.shape == (4, 16)  # the long text is truncated to max_length
+    ids = greedy.translate_ids(tf.constant(source_ids))["token_ids"].numpy()
+    reference = greedy_translate(translator.model, source_ids, 16)
+    np.testing.assert_array_equal(ids, np.pad(reference, ((0, 0), (0, 16 - reference.shape[1]))))
+    # Detokenized the same way as tokenizers.decode.
+    text = [t.decode("utf-8") for t in greedy.translate(tf.constant(TEXTS))["translation"].numpy()]
+    assert text == tk.decode(translator.target_tokenizer, ids)
+
+
+def test_export_layout_assets_and_signatures(exported):
+    base, path = exported
+    assert path == os.path.join(str(base), "1") and versions(str(base)) == [1]
+    assets = sorted(os.listdir(os.path.join(path, "assets")))
+    assert "source_vocabulary.txt" in assets and "target_vocabulary.txt" in assets
+    assert not [name for name in os.listdir(base) if name.startswith(".")]
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True,
+                           text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for expected in ("signature_def['serving_default']", "signature_def['translate_ids']",
+                     "['text'] tensor_info", "['translation'] tensor_info",
+                     "['token_ids'] tensor_info", "['scores'] tensor_info",
+                     "['source_ids'] tensor_info"):
+        assert expected in shown.stdout, expected
+
+
+def site_packages_without_keras(directory):
+    """A copy (symlinks) of this interpreter's site-packages without
+    keras-hub, keras-nlp, tf-keras or keras_transformer: what a machine with
+    only `pip install tensorflow tensorflow-text` has. (Keras itself stays:
+    the tensorflow wheel depends on it and tensorflow_text imports it.)"""
+    import site
+
+    hidden = ("keras_hub", "keras_nlp", "tf_keras", "keras_transformer", "__editable__")
+    for source in site.getsitepackages():
+        for name in os.listdir(source):
+            root = name.split("-")[0].split(".")[0].lower()
+            if root.startswith(hidden) or name.endswith(".pth"):
+                continue
+            target = os.path.join(directory, name)
+            if not os.path.exists(target):
+                os.symlink(os.path.join(source, name), target)
+    return directory
+
+
+def test_fresh_process_with_tensorflow_only_returns_the_same(translator, exported, tmp_path):
+    _, path = exported
+    in_process = translator.translate(tf.constant(TEXTS))
+    script = textwrap.dedent(f"""
+        import json, sys
+        import tensorflow as tf
+        import tensorflow_text  # the WordPiece ops in the graph
+        served = tf.saved_model.load({path!r})
+        out = served.signatures["serving_default"](text=tf.constant({TEXTS!r}))
+        ids = served.signatures["translate_ids"](
+            source_ids=tf.constant([[5, 6, 7, 0]], tf.int32))["token_ids"]
+        loaded = sorted(m for m in sys.modules
+                        if m.split(".")[0] in ("keras_hub", "keras_transformer"))
+        for name in ("keras_hub", "keras_transformer"):
+            try:
+                __import__(name)
+                loaded.append(name + " is importable")
+            except ImportError:
+                pass
+        print(json.dumps({{
+            "translation": [t.decode("utf-8") for t in out["translation"].numpy()],
+            "token_ids": out["token_ids"].numpy().tolist(),
+            "scores": out["scores"].numpy().tolist(),
+            "ids_shape": list(ids.shape), "loaded": loaded}}))
+    """)
+    packages = site_packages_without_keras(str(tmp_path))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": packages}
+    # -S: no site-packages but the filtered copy; -I is not used because it
+    # would drop PYTHONPATH too.
+    result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True,
+                            text=True, timeout=300, env=env, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["loaded"] == []
+    assert served["translation"] == [t.decode("utf-8") for t in
+                                     in_process["translation"].numpy()]
+    assert served["token_ids"] == in_process["token_ids"].numpy().tolist()
+    np.testing.assert_allclose(served["scores"], in_process["scores"].numpy(), atol=1e-5)
+    assert served["ids_shape"] == [1, 16]
+
+
+def test_versions_count_up_and_a_failed_export_leaves_nothing(translator, exported,
+                                                              monkeypatch):
+    base, _ = exported
+    second = export_saved_model(translator, str(base))
+    assert second.endswith(os.sep + "2") and versions(str(base)) == [1, 2]
+    with pytest.raises(FileExistsError, match="Version 2 exists"):
+        export_saved_model(translator, str(base), version=2)
+
+    real_save = tf.saved_model.save
+
+    def save_then_fail(obj, export_dir, signatures=None):
+        real_save(obj, export_dir, signatures=signatures)  # a complete write...
+        raise OSError(28, "No space left on device")  # ...then the disk fills up
+
+    monkeypatch.setattr(tf.saved_model, "save", save_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        export_saved_model(translator, str(base))
+    assert versions(str(base)) == [1, 2]
+    assert sorted(os.listdir(base)) == ["1", "2"]  # no half-written version left behind
+    assert os.path.exists(os.path.join(base, "2", "saved_model.pb"))
