@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# The main job: train an English→Spanish Transformer on the built-in corpus
-# (made by the package, no download) for 5 minutes, then translate held-out
-# sentences with it. Sets itself up on first run. Extra arguments go to
-# examples/train_translation.py (see --help).
+# The main job, end to end: train an English→Spanish Transformer on the
+# built-in corpus (made by the package, no download) for 5 minutes, export it
+# as a SavedModel to saved_models/translator/<version>/ (text in, text out),
+# and translate sentences through the exported SavedModel. Sets itself up on
+# first run. Extra arguments go to `keras-transformer train translation`
+# (see --help).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-exec "$PY" examples/train_translation.py --minutes 5 --output-dir runs/translation "$@"
+"$root/.venv/bin/keras-transformer" train translation --minutes 5 \
+    --output-dir runs/translation --export-dir saved_models/translator "$@"
+echo
+echo "Through the exported SavedModel (keras-transformer translate saved_models/translator):"
+"$root/.venv/bin/keras-transformer" translate saved_models/translator \
+    "twenty-one books" "the first of May" "seven plus five is twelve" "three hundred houses"

@@ -13,6 +13,8 @@ MODULES = [
     "keras_transformer.layers.encoder_block",
     "keras_transformer.layers.decoder_block",
     "keras_transformer.layers.moe",
+    "keras_transformer.training.metrics",
+    "keras_transformer.training.schedules",
 ]
 
 

@@ -80,7 +80,10 @@ def test_translation_example_smoke_trains_saves_and_translates(tmp_path):
 
 
 def test_char_lm_example_smoke_trains_and_scores(tmp_path):
-    result = _load("train_char_lm").main(["--smoke", "--output-dir", str(tmp_path)])
+    result = _load("train_char_lm").main(
+        ["--smoke", "--output-dir", str(tmp_path), "--export-dir", str(tmp_path / "export")]
+    )
+    assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
     # From ln(128) = 4.85 nats for a uniform guess over the 128 ids.
     assert result["val_loss"] < 4.5
     assert (tmp_path / "model.keras").exists() and (tmp_path / "config.json").exists()

@@ -150,3 +150,18 @@ def test_versions_count_up_and_a_failed_export_leaves_nothing(translator, export
     assert versions(str(base)) == [1, 2]
     assert sorted(os.listdir(base)) == ["1", "2"]  # no half-written version left behind
     assert os.path.exists(os.path.join(base, "2", "saved_model.pb"))
+
+
+def test_attention_weights_and_pictures(translator, tmp_path):
+    from keras_transformer.generation import plots
+
+    source, output, weights = plots.cross_attention(translator, "twenty-one books")
+    assert weights.shape == (2, len(output), len(source))
+    # Each output piece's attention over the real source pieces sums to 1.
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    path = plots.plot_attention(translator, "twenty-one books", str(tmp_path / "a.png"))
+    curves = plots.plot_history({"loss": [2.0, 1.0], "val_loss": [2.1, 1.2]},
+                                str(tmp_path / "c.png"))
+    for png in (path, curves):
+        with open(png, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"

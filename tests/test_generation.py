@@ -185,3 +185,37 @@ def test_causal_lm_cached_generation_with_prompts_equals_full_recompute():
                 break
         expected = padded([sequence[1:]], MAX_LENGTH)[0]
         np.testing.assert_array_equal(ids[row], expected)
+
+
+def test_text_generator_greedy_matches_full_recompute_and_exports(tmp_path):
+    import keras_hub
+
+    from keras_transformer.export import export_saved_model
+    from keras_transformer.generation import TextGenerator
+
+    tf.random.set_seed(4)
+    tokenizer = keras_hub.tokenizers.UnicodeCodepointTokenizer(
+        vocabulary_size=128, lowercase=False, replacement_char=127)
+    config = small_config(num_encoder_layers=0, norm_first=True, vocab_size=128, max_length=16)
+    model = build_causal_lm(config)
+    greedy = TextGenerator(model, tokenizer, max_length=10, temperature=0.0)
+    prompts = ["To be", "O", "a very long prompt, longer than the window"]
+    out = greedy.generate(tf.constant(prompts), tf.constant(0))
+    for row, prompt in enumerate(prompts):
+        ids = list(np.asarray(tokenizer(prompt)))[-9:]
+        sequence = list(ids)
+        while len(sequence) < 10:
+            sequence.append(int(np.argmax(model(np.array([sequence], "int32"))[0, -1])))
+        assert out["text"][row].numpy().decode() == tokenizer.detokenize(
+            np.array(sequence, "int32"))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty prompt"):
+        greedy.generate(tf.constant(["fine", ""]), tf.constant(0))
+
+    sampler = TextGenerator(model, tokenizer, max_length=10, temperature=1.0, top_k=5)
+    first = sampler.generate(tf.constant(prompts), tf.constant(3))["text"].numpy()
+    again = sampler.generate(tf.constant(prompts), tf.constant(3))["text"].numpy()
+    np.testing.assert_array_equal(first, again)
+    path = export_saved_model(sampler, str(tmp_path / "lm"))
+    served = tf.saved_model.load(path).signatures["generate"]
+    np.testing.assert_array_equal(
+        served(prompt=tf.constant(prompts), seed=tf.constant(3))["text"].numpy(), first)

@@ -1,4 +1,4 @@
-"""Export a translator as a SavedModel that TensorFlow Serving can load.
+"""Export a translator (or text generator) as a SavedModel TF Serving can load.
 
 `export_saved_model(translator, "saved_models/<name>")` writes the next
 version, `saved_models/<name>/<version>/` (the layout TF Serving watches),
@@ -12,6 +12,10 @@ Signatures:
   `token_ids` `(B, L)` int32, `scores` `(B,)` float32;
 - `translate_ids`: `source_ids` `(B, S)` int32 → `token_ids`, `scores`.
 
+A `TextGenerator` (decoder-only language model) exports `serving_default`
+and `generate`: `prompt` `(B,)` string, `seed` int32 → `text`, `token_ids`,
+`scores`.
+
 The vocabularies travel inside, as files under `assets/`
 (`source_vocabulary.txt`, `target_vocabulary.txt`, ... as
 `tokenizers.save_tokenizer` writes them, prefixed by their side), and
@@ -24,11 +28,13 @@ not keras, keras-hub or keras_transformer:
     served.signatures["serving_default"](text=tf.constant(["Hello."]))
 """
 
+import json
 import os
 import re
 import shutil
 import tempfile
 
+import keras_hub
 import tensorflow as tf
 
 from keras_transformer.data import tokenizers as tk
@@ -44,25 +50,33 @@ def versions(base_dir):
                   if _VERSION.match(name) and os.path.isdir(os.path.join(base_dir, name)))
 
 
-def _vocabulary_assets(translator, staging):
-    """The tokenizers' files as `Asset`s named `source_*` / `target_*`."""
+def _vocabulary_assets(module, staging):
+    """The tokenizers' files as `Asset`s, prefixed `source_` / `target_` for a translator."""
     assets = []
-    for side, tokenizer in (("source", translator.source_tokenizer),
-                            ("target", translator.target_tokenizer)):
-        directory = os.path.join(staging, "vocabularies", side)
-        tk.save_tokenizer(tokenizer, directory)
+    for prefix, tokenizer in module.asset_tokenizers().items():
+        directory = os.path.join(staging, "vocabularies", prefix or "tokenizer")
+        if isinstance(tokenizer, (keras_hub.tokenizers.WordPieceTokenizer,
+                                  keras_hub.tokenizers.BytePairTokenizer)):
+            tk.save_tokenizer(tokenizer, directory)
+        else:  # no vocabulary file (e.g. code points): its configuration
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, "tokenizer.json"), "w") as handle:
+                json.dump({"class": type(tokenizer).__name__, **tokenizer.get_config()},
+                          handle, default=str)
         for name in sorted(os.listdir(directory)):
-            flat = os.path.join(staging, "vocabularies", f"{side}_{name}")
+            flat = os.path.join(staging, "vocabularies", f"{prefix}{name}")
             os.rename(os.path.join(directory, name), flat)
             assets.append(tf.saved_model.Asset(flat))
     return assets
 
 
-def export_saved_model(translator, base_dir, version=None):
-    """Writes `translator` to `base_dir/<version>/` and returns that path.
+def export_saved_model(module, base_dir, version=None):
+    """Writes `module` to `base_dir/<version>/` and returns that path.
 
     Args:
-        translator: a `keras_transformer.generation.Translator`.
+        module: a `keras_transformer.generation.Translator` or `TextGenerator`
+            (any `tf.Module` with `serving_signatures()` and
+            `asset_tokenizers()`).
         base_dir: the model's directory (`saved_models/<name>`).
         version: int, or None for one more than the highest present.
 
@@ -82,15 +96,9 @@ def export_saved_model(translator, base_dir, version=None):
     # TF Serving (which loads numeric names only) away from it.
     staging = tempfile.mkdtemp(prefix=f".incomplete-{version}-", dir=base_dir)
     try:
-        translator.vocabulary_files = _vocabulary_assets(translator, staging)
+        module.vocabulary_files = _vocabulary_assets(module, staging)
         model_dir = os.path.join(staging, "model")
-        tf.saved_model.save(
-            translator, model_dir,
-            signatures={
-                "serving_default": translator.translate.get_concrete_function(),
-                "translate_ids": translator.translate_ids.get_concrete_function(),
-            },
-        )
+        tf.saved_model.save(module, model_dir, signatures=module.serving_signatures())
         os.rename(model_dir, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

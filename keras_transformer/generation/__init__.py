@@ -13,11 +13,13 @@ from keras_transformer.generation.search import (
     sample,
 )
 from keras_transformer.generation.steppers import CausalLMStepper, EncoderDecoderStepper
+from keras_transformer.generation.text_generator import TextGenerator
 from keras_transformer.generation.translator import Translator, load_translator
 
 __all__ = [
     "CausalLMStepper",
     "EncoderDecoderStepper",
+    "TextGenerator",
     "Translator",
     "beam_search",
     "filter_logits",

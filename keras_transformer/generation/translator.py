@@ -65,16 +65,16 @@ class Translator(tf.Module):
         self.max_length = int(max_length)
         self.beam_size = int(beam_size)
         self.alpha = float(alpha)
-        self._stepper = EncoderDecoderStepper(model)
+        self.stepper = EncoderDecoderStepper(model)
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
         self._is_wordpiece = isinstance(target_tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
 
     def _search_ids(self, source_ids):
-        state = self._stepper.initial_state(source_ids, self.max_length)
+        state = self.stepper.initial_state(source_ids, self.max_length)
         first = tf.fill([tf.shape(source_ids)[0]], 2)  # [START]
         if self.beam_size == 1:
-            return search.greedy_search(self._stepper, state, first, self.max_length)
-        return search.beam_search(self._stepper, state, first, self.max_length,
+            return search.greedy_search(self.stepper, state, first, self.max_length)
+        return search.beam_search(self.stepper, state, first, self.max_length,
                                   beam_size=self.beam_size, alpha=self.alpha)
 
     def tokenize(self, text):
@@ -93,6 +93,14 @@ class Translator(tf.Module):
             text = tf.strings.regex_replace(text, _SPACE_BEFORE, r"\1")
             text = tf.strings.regex_replace(text, _SPACE_AFTER, r"\1")
         return text
+
+    def serving_signatures(self):
+        """The SavedModel signatures `export_saved_model` writes."""
+        return {"serving_default": self.translate.get_concrete_function(),
+                "translate_ids": self.translate_ids.get_concrete_function()}
+
+    def asset_tokenizers(self):
+        return {"source_": self.source_tokenizer, "target_": self.target_tokenizer}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="source_ids")])
     def translate_ids(self, source_ids):

@@ -37,7 +37,7 @@ import tensorflow as tf
 from keras_transformer.data import datasets, generate_pairs, pipelines
 from keras_transformer.data import tokenizers as tk
 from keras_transformer.export import export_saved_model
-from keras_transformer.generation import Translator, evaluation
+from keras_transformer.generation import Translator, evaluation, plots
 from keras_transformer.models import TransformerConfig, build_transformer
 from keras_transformer.training import (
     MaskedAccuracy,
@@ -212,6 +212,15 @@ def run(args):
           f"{accuracy:.1%}, BLEU {quality['bleu']:.1f}, chrF {quality['chrf']:.1f}\n")
     for (english, spanish), hypothesis in list(zip(sample, hypotheses))[:6]:
         print(f"  {english}\n    → {hypothesis}\n    (reference: {spanish})")
+
+    # ## Pictures
+    #
+    # The loss and accuracy curves, and the cross-attention of the last
+    # decoder block for one sentence (a panel per head: which source pieces
+    # each output piece looked at).
+    plots.plot_history(history.history, os.path.join(args.output_dir, "curves.png"))
+    plots.plot_attention(translator, sample[0][0], os.path.join(args.output_dir,
+                                                                "attention.png"))
 
     # ## Export, and translate through the SavedModel
     #

@@ -1,0 +1,87 @@
+"""Pictures: cross-attention heat maps of one translation, and training curves (PNG)."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_transformer.data.tokenizers import END_ID, START_ID
+
+
+def cross_attention(translator, text, block=-1):
+    """Greedy-translates `text` and returns what each output token attended to.
+
+    Returns:
+        `(source_tokens, output_tokens, weights)`: the source word pieces, the
+        generated word pieces (up to and including `[END]`), and the
+        cross-attention probabilities of decoder block `block`, shape
+        `(num_heads, len(output_tokens), len(source_tokens))`.
+    """
+    source_ids = translator.tokenize(tf.constant([text]))
+    length = int(tf.math.count_nonzero(source_ids))
+    stepper = translator.stepper
+    state = stepper.initial_state(source_ids, translator.max_length)
+    token = tf.constant([START_ID])
+    generated, rows = [], []
+    for index in range(translator.max_length):
+        logits, state, attention = stepper.step_with_attention(token, index, state)
+        token = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        generated.append(int(token[0]))
+        rows.append(attention[block][0, :, :length].numpy())  # [N, S]
+        if generated[-1] == END_ID:
+            break
+    weights = np.stack(rows, axis=1)  # [N, T, S]
+    source = [translator.source_tokenizer.id_to_token(int(i)) for i in source_ids[0, :length]]
+    output = [translator.target_tokenizer.id_to_token(i) for i in generated]
+    return source, output, weights
+
+
+def plot_attention(translator, text, path, block=-1):
+    """Saves one heat map per head of `block`'s cross-attention (source × output) to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    source, output, weights = cross_attention(translator, text, block)
+    heads = weights.shape[0]
+    columns = min(heads, 4)
+    rows = -(-heads // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows),
+                                squeeze=False)
+    for head, axis in enumerate(axes.flat):
+        if head >= heads:
+            axis.axis("off")
+            continue
+        axis.imshow(weights[head], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        axis.set_title(f"head {head + 1}", fontsize=9)
+        axis.set_xticks(range(len(source)), source, rotation=90, fontsize=7)
+        axis.set_yticks(range(len(output)), output, fontsize=7)
+    number = block % len(translator.stepper.decoder_blocks)
+    figure.suptitle(f"Cross-attention of decoder block {number}: {text!r}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_history(history, path, metrics=("loss", "accuracy")):
+    """Saves training and validation curves of `history` (a dict) to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [m for m in metrics if m in history]
+    figure, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.2),
+                                squeeze=False)
+    for axis, metric in zip(axes[0], present):
+        epochs = range(1, len(history[metric]) + 1)
+        axis.plot(epochs, history[metric], marker="o", label="training")
+        if f"val_{metric}" in history:
+            axis.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
