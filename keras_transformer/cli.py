@@ -51,11 +51,11 @@ def _load_translate_function(model_path):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the tokenizer ops of the graph)
 
-    from keras_transformer.export.server import latest_version
+    from keras_transformer.export.server import latest_version, load_saved_model
 
     if not os.path.exists(os.path.join(model_path, "saved_model.pb")):
         model_path = os.path.join(model_path, latest_version(model_path))
-    signature = tf.saved_model.load(model_path).signatures["serving_default"]
+    signature = load_saved_model(model_path).signatures["serving_default"]
     return lambda texts: [t.decode("utf-8") for t in
                           signature(text=tf.constant(texts))["translation"].numpy()]
 

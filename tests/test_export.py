@@ -165,3 +165,17 @@ def test_attention_weights_and_pictures(translator, tmp_path):
     for png in (path, curves):
         with open(png, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_corrupted_checkpoint_gives_an_error_naming_it(tmp_path):
+    from keras_transformer.generation import load_translator
+
+    run = tmp_path / "run"
+    for name in ("source_vocabulary", "target_vocabulary"):
+        (run / name).mkdir(parents=True)
+    (run / "config.json").write_text('{"max_length": 16}')
+    (run / "best.keras").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="Could not load the checkpoint .*best.keras"):
+        load_translator(str(run))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_translator(str(tmp_path))

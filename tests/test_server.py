@@ -1,6 +1,7 @@
 """The TF-Serving-style REST server, with real HTTP requests on 127.0.0.1."""
 
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -83,6 +84,8 @@ def test_model_status(server):
      "equal-length"),
     ("translator:predict", {"signature_name": "translate_ids", "inputs": [[-1]]}, 400,
      "outside"),
+    ("translator:predict", {"signature_name": "translate_ids", "inputs": [[5, 10**6]]}, 400,
+     "source vocabulary size"),
     ("translator:predict", {"instances": ["a"] * 9}, 413, "limit is 8"),
     ("other:predict", {"instances": ["a"]}, 404, "not served here"),
     ("translator/versions/7:predict", {"instances": ["a"]}, 404, "Version 7"),
@@ -94,3 +97,14 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, path, body, c
     assert status == code and message in answer["error"], answer
     status, _ = request(f"{url}/v1/models/translator:predict", {"instances": ["one book"]})
     assert status == 200
+
+
+def test_a_corrupted_saved_model_gives_an_error_naming_it(tmp_path, translator):  # noqa: F811
+    base = tmp_path / "broken"
+    path = export_saved_model(translator, str(base))
+    with open(os.path.join(path, "saved_model.pb"), "r+b") as handle:
+        handle.truncate(100)  # a truncated copy
+    with pytest.raises(ValueError, match="Could not load the SavedModel at .*broken/1"):
+        ModelServer(str(base))
+    with pytest.raises(FileNotFoundError, match="No SavedModel version"):
+        ModelServer(str(tmp_path / "empty"))

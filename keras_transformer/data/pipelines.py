@@ -110,7 +110,7 @@ def translation_dataset(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = _batch(dataset, batch_size, bucket_boundaries, tokens_per_batch, max_length)
     dataset = dataset.map(lambda s, ti, tl: ((s, ti), tl))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return _shard_by_data(dataset).prefetch(tf.data.AUTOTUNE)
 
 
 def _batch(dataset, batch_size, boundaries, tokens_per_batch, max_length):
@@ -185,7 +185,17 @@ def language_model_dataset(
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return _shard_by_data(dataset).prefetch(tf.data.AUTOTUNE)
+
+
+def _shard_by_data(dataset):
+    """Multi-worker runs shard by data (the sources are tensors, not files).
+
+    Batches are global batches; each worker keeps its share of each.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def padding_fraction(dataset, batches=None):

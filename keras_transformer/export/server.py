@@ -53,6 +53,17 @@ def latest_version(base_dir):
     return max(names, key=int)
 
 
+def load_saved_model(path):
+    """`tf.saved_model.load(path)`, with an error that names the file when it fails."""
+    try:
+        return tf.saved_model.load(path)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise ValueError(
+            f"Could not load the SavedModel at {path!r} (saved_model.pb or variables/ "
+            f"missing, truncated or corrupted?): {type(error).__name__}: "
+            f"{str(error).splitlines()[0][:300]}") from error
+
+
 class ModelServer:
     """Loads the newest version of `base_dir` and answers predict requests.
 
@@ -68,7 +79,7 @@ class ModelServer:
         self.base_dir = os.path.abspath(base_dir)
         self.name = os.path.basename(self.base_dir.rstrip("/"))
         self.version = latest_version(self.base_dir)
-        self.model = tf.saved_model.load(os.path.join(self.base_dir, self.version))
+        self.model = load_saved_model(os.path.join(self.base_dir, self.version))
         self.max_batch = max_batch
         self.max_chars = max_chars
         self._lock = threading.Lock()
@@ -126,7 +137,11 @@ class ModelServer:
                                     f"{self.max_batch}. Split the request.")
         tensor = self._to_tensor(input_name, values)
         with self._lock:  # one batch at a time through the model
-            outputs = signature(**{input_name: tensor})
+            try:
+                outputs = signature(**{input_name: tensor})
+            except tf.errors.InvalidArgumentError as error:  # e.g. ids over the vocabulary
+                lines = [line for line in error.message.splitlines() if "must be" in line]
+                raise RequestError(400, (lines or [error.message])[0].strip()[:300]) from None
         outputs = {key: _to_json(value.numpy()) for key, value in outputs.items()}
         if not row_format:
             return {"outputs": outputs}

@@ -104,6 +104,11 @@ class Translator(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="source_ids")])
     def translate_ids(self, source_ids):
+        # Out-of-range ids raise on CPU but gather zeros silently on GPU: check.
+        vocabulary = self.stepper.source_embedding.vocab_size
+        tf.debugging.assert_non_negative(source_ids, message="source_ids must be >= 0")
+        tf.debugging.assert_less(source_ids, vocabulary, message=(
+            f"source_ids must be < the source vocabulary size {vocabulary}"))
         source_ids = source_ids[:, : self.max_length]
         width = tf.shape(source_ids)[1]
         source_ids = tf.pad(source_ids, [[0, 0], [0, self.max_length - width]])
@@ -139,6 +144,11 @@ def load_translator(run_dir, **kwargs):
                                 f"{missing} (written by `keras-transformer train translation`).")
     with open(os.path.join(run_dir, "config.json")) as handle:
         kwargs.setdefault("max_length", json.load(handle)["max_length"])
-    model = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
+    checkpoint = os.path.join(run_dir, "best.keras")
+    try:
+        model = keras.saving.load_model(checkpoint)
+    except Exception as error:  # zip, h5 and config errors alike
+        raise ValueError(f"Could not load the checkpoint {checkpoint!r} (truncated or "
+                         f"corrupted?): {type(error).__name__}: {error}") from error
     return Translator(model, tk.load_tokenizer(os.path.join(run_dir, "source_vocabulary")),
                       tk.load_tokenizer(os.path.join(run_dir, "target_vocabulary")), **kwargs)

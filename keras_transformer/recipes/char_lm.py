@@ -41,6 +41,7 @@ from keras_transformer.export import export_saved_model
 from keras_transformer.generation import TextGenerator
 from keras_transformer.models import TransformerConfig, build_causal_lm
 from keras_transformer.training import (
+    distribute,
     MaskedSparseCategoricalCrossentropy,
     TimeBudget,
     WallClockLearningRate,
@@ -94,6 +95,9 @@ def add_arguments(parser):
     parser.add_argument("--activation", default="relu",
                         help="FFN activation (exact GELU costs ~20 %% more time on CPU)")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--strategy", default="none", choices=["none", "mirrored", "tpu", "auto"],
+                        help="tf.distribute strategy: none (one device), mirrored (all local "
+                             "GPUs), tpu, or auto")
     parser.add_argument("--smoke", action="store_true", help="a tiny run for the tests")
     parser.add_argument("--seed", type=int, default=0, help="seed of data order and weights")
     return parser
@@ -153,14 +157,22 @@ def run(args):
     )
     with open(os.path.join(args.output_dir, "config.json"), "w") as handle:
         json.dump(config.to_dict(), handle, indent=2)
-    model = build_causal_lm(config)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(args.learning_rate, beta_2=0.99, weight_decay=0.1,
-                                         global_clipnorm=1.0),
-        loss=MaskedSparseCategoricalCrossentropy(),
-        metrics=[masked_perplexity()],
-        jit_compile=True,
-    )
+    # `--strategy mirrored` spreads each batch over the local GPUs. (Several
+    # workers cannot share a wall clock: each would stop at a different
+    # step, so `multi_worker` is for the translation recipe's epochs.)
+    strategy = distribute.make_strategy(args.strategy)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise ValueError("train char-lm runs against a wall clock, which several workers "
+                         "cannot share; use --strategy mirrored or none.")
+    with strategy.scope():
+        model = build_causal_lm(config)
+        model.compile(
+            optimizer=keras.optimizers.AdamW(args.learning_rate, beta_2=0.99, weight_decay=0.1,
+                                             global_clipnorm=1.0),
+            loss=MaskedSparseCategoricalCrossentropy(),
+            metrics=[masked_perplexity()],
+            jit_compile=True,
+        )
     model.summary(line_length=100)
 
     # ## Training against the clock
@@ -169,7 +181,8 @@ def run(args):
     # compilation counts against it); `WallClockLearningRate` decays the
     # learning rate over the same budget.
     minutes = args.seconds / 60
-    callbacks = [TimeBudget(minutes), WallClockLearningRate(args.learning_rate, minutes)]
+    callbacks = [TimeBudget(minutes), WallClockLearningRate(args.learning_rate, minutes),
+                 keras.callbacks.TerminateOnNaN()]
     started = time.time()
     model.fit(train, epochs=1000, callbacks=callbacks, verbose=2)
     seconds = time.time() - started

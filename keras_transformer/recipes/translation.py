@@ -41,6 +41,7 @@ from keras_transformer.generation import Translator, evaluation, plots
 from keras_transformer.models import TransformerConfig, build_transformer
 from keras_transformer.training import (
     MaskedAccuracy,
+    distribute,
     MaskedSparseCategoricalCrossentropy,
     TimeBudget,
     masked_perplexity,
@@ -106,6 +107,9 @@ def add_arguments(parser):
                         help="the SavedModel goes to <this>/<next version>/")
     parser.add_argument("--beam-size", type=int, default=4,
                         help="beam size of the exported translator (1 = greedy)")
+    parser.add_argument("--strategy", default="none", choices=distribute.STRATEGIES,
+                        help="tf.distribute strategy: none (one device), mirrored (all local "
+                             "GPUs), multi_worker (workers from TF_CONFIG), tpu, or auto")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny run in seconds (for the tests)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, split and weights")
@@ -124,7 +128,22 @@ def run(args):
     if args.smoke:
         args.pairs, args.epochs, args.vocabulary_size = 600, 2, 400
     keras.utils.set_random_seed(args.seed)
-    os.makedirs(args.output_dir, exist_ok=True)
+
+    # ## Devices
+    #
+    # `--strategy` picks a `tf.distribute` strategy: one device, all local
+    # GPUs (`mirrored`), the workers of `TF_CONFIG` (`multi_worker`), or a
+    # TPU. Only the chief writes into `--output-dir` and exports; other
+    # workers keep their own files in `<output-dir>/worker_<i>`.
+    strategy = distribute.make_strategy(args.strategy)
+    if args.minutes and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise ValueError("--minutes is not supported with several workers (each would stop "
+                         "at a different step); use --epochs.")
+    chief = distribute.is_chief()
+    run_dir = distribute.worker_directory(args.output_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    print(f"{strategy.num_replicas_in_sync} replica(s); this process is "
+          f"{'the chief' if chief else 'a worker'}")
 
     pairs = read_pairs(args)
     train_pairs, val_pairs = split(pairs, 0.1, args.seed)
@@ -136,8 +155,8 @@ def run(args):
     # only and saved beside the model.
     source_tokenizer = tk.train_wordpiece([en for en, _ in train_pairs], args.vocabulary_size)
     target_tokenizer = tk.train_wordpiece([es for _, es in train_pairs], args.vocabulary_size)
-    tk.save_tokenizer(source_tokenizer, os.path.join(args.output_dir, "source_vocabulary"))
-    tk.save_tokenizer(target_tokenizer, os.path.join(args.output_dir, "target_vocabulary"))
+    tk.save_tokenizer(source_tokenizer, os.path.join(run_dir, "source_vocabulary"))
+    tk.save_tokenizer(target_tokenizer, os.path.join(run_dir, "target_vocabulary"))
     print(f"vocabularies: {source_tokenizer.vocabulary_size()} English, "
           f"{target_tokenizer.vocabulary_size()} Spanish word pieces")
 
@@ -163,15 +182,16 @@ def run(args):
         max_length=max_length, embed_dim=128, num_heads=4, ffn_dim=512,
         num_encoder_layers=2, num_decoder_layers=2, dropout=0.1,
     )
-    with open(os.path.join(args.output_dir, "config.json"), "w") as handle:
+    with open(os.path.join(run_dir, "config.json"), "w") as handle:
         json.dump(config.to_dict(), handle, indent=2)
-    model = build_transformer(config)
-    model.compile(
-        optimizer=transformer_optimizer(config.embed_dim, warmup_steps=1000, scale=2.0),
-        loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
-        metrics=[MaskedAccuracy(), masked_perplexity()],
-        jit_compile=args.jit_compile,
-    )
+    with strategy.scope():  # variables, optimizer and metrics on every replica
+        model = build_transformer(config)
+        model.compile(
+            optimizer=transformer_optimizer(config.embed_dim, warmup_steps=1000, scale=2.0),
+            loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
+            metrics=[MaskedAccuracy(), masked_perplexity()],
+            jit_compile=args.jit_compile,
+        )
     model.summary(line_length=100)
 
     # ## Training
@@ -179,12 +199,14 @@ def run(args):
     # The best checkpoint by validation loss is kept; `BackupAndRestore`
     # saves the training state each epoch and resumes from it when the same
     # command runs again after a crash.
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(args.output_dir, "best.keras"), monitor="val_loss", save_best_only=True
-        ),
-        keras.callbacks.BackupAndRestore(os.path.join(args.output_dir, "backup")),
-    ]
+    # `TerminateOnNaN` stops at the first NaN loss, before a checkpoint or
+    # backup can store the broken weights.
+    callbacks = [keras.callbacks.TerminateOnNaN(),
+                 keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"))]
+    if chief:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            os.path.join(run_dir, "best.keras"), monitor="val_loss", save_best_only=True
+        ))
     if args.minutes:
         callbacks.append(TimeBudget(args.minutes))
     started = time.time()
@@ -192,6 +214,9 @@ def run(args):
     history = model.fit(train, validation_data=val, epochs=args.epochs, callbacks=callbacks,
                         shuffle=False, verbose=2)
     seconds = time.time() - started
+    model.save_weights(os.path.join(run_dir, "final.weights.h5"))
+    if not chief:  # the chief evaluates and exports
+        return {"history": history.history, "seconds": seconds}
 
     # ## Translating held-out sentences
     #

@@ -1,5 +1,6 @@
 """Losses, metrics, schedules and optimizers for training Transformers."""
 
+from keras_transformer.training import distribute
 from keras_transformer.training.callbacks import TimeBudget, WallClockLearningRate
 from keras_transformer.training.losses import MaskedSparseCategoricalCrossentropy
 from keras_transformer.training.metrics import MaskedAccuracy, masked_perplexity
@@ -11,6 +12,7 @@ __all__ = [
     "TimeBudget",
     "TransformerSchedule",
     "WallClockLearningRate",
+    "distribute",
     "masked_perplexity",
     "transformer_optimizer",
 ]

@@ -4,6 +4,18 @@ import keras
 from keras import ops
 
 
+def _global_sum(value):
+    """`value` summed over the replicas of a `tf.distribute` strategy (itself without one)."""
+    if keras.backend.backend() != "tensorflow":
+        return value
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
     """Token cross-entropy from logits, averaged over real tokens only.
@@ -12,6 +24,11 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
     smoothing: the target distribution is `(1 - ε)·onehot(y) + ε/V`. Padding
     labels (`pad_id`, 0 by default) weigh nothing, so adding padding to a batch
     leaves the loss unchanged. The logits are read in float32.
+
+    Under a `tf.distribute` strategy with several replicas, the count of real
+    tokens is summed over the replicas, so that the replicas' losses add up to
+    the mean over the global batch (and the gradient is the single-device
+    one for that batch).
 
     Args:
         label_smoothing: float in [0, 1), ε (0.1 in the paper).
@@ -51,7 +68,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
             target = target * (1.0 - smoothing) + smoothing / ops.cast(vocab_size, "float32")
         per_token = -ops.sum(target * log_probabilities, axis=-1)  # [B, T]
         real = ops.cast(ops.not_equal(y_true, self.pad_id), "float32")
-        return per_token * real / ops.maximum(ops.sum(real), 1.0)
+        return per_token * real / ops.maximum(_global_sum(ops.sum(real)), 1.0)
 
     def get_config(self):
         return {"name": self.name, "label_smoothing": self.label_smoothing, "pad_id": self.pad_id}

@@ -1,0 +1,110 @@
+"""Training under `tf.distribute`: picking a strategy, and who writes files.
+
+    strategy = make_strategy("mirrored")          # or "none", "multi_worker", "tpu", "auto"
+    with strategy.scope():
+        model = build_transformer(config)
+        model.compile(...)                        # optimizer and metrics in the scope too
+    model.fit(dataset_with_the_global_batch, ...)
+
+Keras splits each global batch across the replicas. What this package does
+for correctness under several replicas:
+
+- `MaskedSparseCategoricalCrossentropy` divides by the number of real tokens
+  of the *global* batch (an all-reduce across replicas), so the gradient is
+  the one a single device computes on the same global batch, even when the
+  replicas' shares hold different numbers of padding tokens.
+- MoE auxiliary losses go through Keras's `add_loss`, which divides them by
+  the number of replicas before the gradients are summed: their average over
+  replicas is what is minimized.
+- The pipelines set the auto-shard policy to `DATA` (their sources are
+  in-memory tensors, not files), so each worker of a multi-worker run takes
+  its own share of every global batch.
+- Only the chief writes checkpoints and exports (`is_chief`); the other
+  workers write their backups into their own directories (`worker_directory`).
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
+
+
+def _tf_config():
+    return json.loads(os.environ.get("TF_CONFIG") or "{}")
+
+
+def make_strategy(name="auto"):
+    """A `tf.distribute.Strategy` by name.
+
+    Args:
+        name: `"none"` (the default strategy: one device), `"mirrored"` (all
+            local GPUs, or the CPU), `"multi_worker"` (the workers of the
+            `TF_CONFIG` environment variable), `"tpu"` (a Cloud TPU found by
+            `TPUClusterResolver`), or `"auto"`: multi-worker if `TF_CONFIG`
+            names a cluster, else TPU if one is found, else mirrored over
+            the GPUs if there are several, else none.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: {name!r}")
+    if name == "auto":
+        if _tf_config().get("cluster"):
+            name = "multi_worker"
+        elif _tpu_resolver() is not None:
+            name = "tpu"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "none"
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if not _tf_config().get("cluster"):
+            raise ValueError("strategy 'multi_worker' needs the TF_CONFIG environment variable "
+                             "(cluster and task); see the README's distributed training section.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = _tpu_resolver()
+    if resolver is None:
+        raise ValueError("strategy 'tpu' found no TPU (TPUClusterResolver failed).")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _tpu_resolver():
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        resolver.master()
+        return resolver
+    except (ValueError, RuntimeError, tf.errors.NotFoundError):
+        return None
+
+
+def task():
+    """`(task_type, task_index)` from `TF_CONFIG`, `("chief", 0)` without it."""
+    config = _tf_config()
+    if not config.get("cluster"):
+        return "chief", 0
+    current = config.get("task", {})
+    return current.get("type", "worker"), int(current.get("index", 0))
+
+
+def is_chief():
+    """Whether this process writes the checkpoints and exports.
+
+    The `chief` task if the cluster has one, else worker 0.
+    """
+    task_type, index = task()
+    has_chief = "chief" in _tf_config().get("cluster", {})
+    return task_type == "chief" or (not has_chief and task_type == "worker" and index == 0)
+
+
+def worker_directory(directory):
+    """`directory` for the chief, `directory/worker_<i>` for the others."""
+    if is_chief():
+        return directory
+    task_type, index = task()
+    return os.path.join(directory, f"{task_type}_{index}")

@@ -1,0 +1,82 @@
+"""Property-based tests (hypothesis) of the mask and attention invariants."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keras_transformer import MultiHeadAttention
+from keras_transformer.layers import masks
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6))  # B, T, S
+
+
+@st.composite
+def mask_cases(draw):
+    batch, queries, keys = draw(shapes)
+    bools = lambda *shape: st.lists(  # noqa: E731
+        st.booleans(), min_size=int(np.prod(shape)), max_size=int(np.prod(shape))
+    ).map(lambda values: np.array(values, bool).reshape(shape))
+    query_mask = draw(st.none() | bools(batch, queries))
+    value_mask = draw(st.none() | bools(batch, keys))
+    attention_mask = draw(st.none() | bools(batch, queries, keys))
+    causal = draw(st.booleans())
+    offset = draw(st.integers(0, 4))
+    return batch, queries, keys, query_mask, value_mask, attention_mask, causal, offset
+
+
+def reference_mask(batch, queries, keys, query_mask, value_mask, attention_mask, causal, offset):
+    merged = np.ones((batch, queries, keys), bool)
+    if query_mask is not None:
+        merged &= query_mask[:, :, None]
+    if value_mask is not None:
+        merged &= value_mask[:, None, :]
+    if attention_mask is not None:
+        merged &= attention_mask
+    if causal:
+        merged &= (np.arange(queries)[:, None] + offset) >= np.arange(keys)[None, :]
+    return merged
+
+
+@settings(max_examples=150, deadline=None)
+@given(mask_cases())
+def test_merged_mask_is_the_logical_and_of_its_parts(case):
+    batch, queries, keys, query_mask, value_mask, attention_mask, causal, offset = case
+    merged = masks.merge_attention_masks(queries, keys, query_mask, value_mask, attention_mask,
+                                         causal, offset)
+    expected = reference_mask(*case)
+    if merged is None:
+        assert expected.all()
+    else:
+        np.testing.assert_array_equal(np.broadcast_to(np.asarray(merged), expected.shape),
+                                      expected)
+
+
+ATTENTION = MultiHeadAttention(num_heads=2, head_dim=3)
+ATTENTION.build((None, None, 6), (None, None, 6))
+
+
+@settings(max_examples=40, deadline=None)
+@given(mask_cases(), st.integers(0, 2**16))
+def test_attention_respects_any_mask_and_stays_finite(case, seed):
+    batch, queries, keys, query_mask, value_mask, attention_mask, causal, offset = case
+    rng = np.random.default_rng(seed)
+    query = rng.normal(size=(batch, queries, 6)).astype("float32")
+    value = rng.normal(size=(batch, keys, 6)).astype("float32")
+    attention_mask = reference_mask(batch, queries, keys, query_mask, value_mask,
+                                    attention_mask, causal, offset)
+    output, scores = ATTENTION(query, value, attention_mask=attention_mask,
+                               return_attention_scores=True)
+    output, scores = np.asarray(output), np.asarray(scores)
+    assert np.isfinite(output).all() and np.isfinite(scores).all()
+    # No probability on masked keys; each row sums to 1, or to 0 when it sees nothing.
+    visible = attention_mask[:, None]
+    assert np.all(scores[~np.broadcast_to(visible, scores.shape)] == 0)
+    sums = scores.sum(-1)
+    np.testing.assert_allclose(sums, np.broadcast_to(visible.any(-1), sums.shape).astype(float),
+                               atol=1e-5)
+    # Changing the masked-out values changes nothing.
+    noise = rng.normal(size=value.shape).astype("float32")
+    hidden_keys = ~attention_mask.any(1)  # keys no query may see, [B, S]
+    changed = np.where(hidden_keys[:, :, None], value + noise, value)
+    np.testing.assert_allclose(
+        np.asarray(ATTENTION(query, changed, attention_mask=attention_mask)), output, atol=1e-5)
