@@ -1,6 +1,7 @@
 """TFDS builders and loaders, on data the tests write (no network)."""
 
 import gzip
+import os
 import zipfile
 
 import pytest
@@ -121,3 +122,20 @@ def test_a_dataset_without_supervised_keys_is_refused():
 def test_local_file_is_for_spa_eng_only(tmp_path):
     with pytest.raises(ValueError, match="'spa_eng' only"):
         datasets.translation_pairs("ted_hrlr_translate/pt_to_en", local_file=__file__)
+
+
+SHARED = os.environ.get("KERAS_TRANSFORMER_DATA",
+                        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+@pytest.mark.slow
+def test_real_corpora_through_the_builders(tmp_path):
+    archive = os.path.join(SHARED, "spa-eng.zip")
+    text = os.path.join(SHARED, "tinyshakespeare-train.txt.gz")
+    if not (os.path.exists(archive) and os.path.exists(text)):
+        pytest.skip(f"real corpora not found in {SHARED} (set KERAS_TRANSFORMER_DATA)")
+    pairs = datasets.translation_pairs("spa_eng", data_dir=str(tmp_path), local_file=archive)
+    assert int(pairs.cardinality()) == len(datasets.read_spa_eng(archive)) > 100_000
+    shakespeare = datasets.shakespeare_text(data_dir=str(tmp_path), local_file=text)
+    assert len(shakespeare) == datasets.TINY_SHAKESPEARE_TRAIN_CHARS
+    assert shakespeare.startswith("First Citizen:")

@@ -179,3 +179,20 @@ def test_a_corrupted_checkpoint_gives_an_error_naming_it(tmp_path):
         load_translator(str(run))
     with pytest.raises(FileNotFoundError, match="missing"):
         load_translator(str(tmp_path))
+
+
+def test_served_model_takes_awkward_input_without_crashing(exported):
+    import time
+
+    _, path = exported
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    awkward = tf.constant([b"", b"\xff\xfe not utf-8 \xc3", "ñ" * 10_000, "ok"])
+    out = serve(text=awkward)
+    assert out["translation"].shape == (4,) and out["token_ids"].shape == (4, 16)
+    empty = serve(text=tf.constant([], tf.string))
+    assert empty["translation"].shape == (0,) and empty["token_ids"].shape[0] == 0
+    started = time.time()
+    many = serve(text=tf.constant(["seven plus five is twelve"] * 1000))
+    assert many["translation"].shape == (1000,)
+    assert len(set(many["translation"].numpy().tolist())) == 1  # same input, same output
+    assert time.time() - started < 120

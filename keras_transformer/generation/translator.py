@@ -10,7 +10,8 @@ tensorflow-text ops, and the search is one XLA-compiled `tf.while_loop`.
 
 Inputs longer than `max_length` tokens are truncated to `max_length`
 (documented, never an error); an empty string translates to whatever the
-model makes of an empty source (usually an empty string).
+model makes of an empty source; bytes that are not UTF-8 are replaced by
+U+FFFD; an empty batch gives empty outputs.
 """
 
 import keras_hub
@@ -78,7 +79,12 @@ class Translator(tf.Module):
                                   beam_size=self.beam_size, alpha=self.alpha)
 
     def tokenize(self, text):
-        """`(B,)` strings → `(B, max_length)` int32 source ids (truncated, 0-padded)."""
+        """`(B,)` strings → `(B, max_length)` int32 source ids (truncated, 0-padded).
+
+        Bytes that are not UTF-8 become U+FFFD (the replacement character)
+        instead of failing the batch.
+        """
+        text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
         ids = self.source_tokenizer(text)
         if isinstance(ids, list):  # keras-hub gives Python lists when run eagerly
             ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)

@@ -43,6 +43,7 @@ from keras_transformer.models import TransformerConfig, build_causal_lm
 from keras_transformer.training import (
     distribute,
     MaskedSparseCategoricalCrossentropy,
+    StopOnNaN,
     TimeBudget,
     WallClockLearningRate,
     masked_perplexity,
@@ -182,7 +183,7 @@ def run(args):
     # learning rate over the same budget.
     minutes = args.seconds / 60
     callbacks = [TimeBudget(minutes), WallClockLearningRate(args.learning_rate, minutes),
-                 keras.callbacks.TerminateOnNaN()]
+                 StopOnNaN()]
     started = time.time()
     model.fit(train, epochs=1000, callbacks=callbacks, verbose=2)
     seconds = time.time() - started

@@ -43,6 +43,7 @@ from keras_transformer.training import (
     MaskedAccuracy,
     distribute,
     MaskedSparseCategoricalCrossentropy,
+    StopOnNaN,
     TimeBudget,
     masked_perplexity,
     transformer_optimizer,
@@ -199,9 +200,9 @@ def run(args):
     # The best checkpoint by validation loss is kept; `BackupAndRestore`
     # saves the training state each epoch and resumes from it when the same
     # command runs again after a crash.
-    # `TerminateOnNaN` stops at the first NaN loss, before a checkpoint or
+    # `StopOnNaN` stops at the first NaN loss, before a checkpoint or
     # backup can store the broken weights.
-    callbacks = [keras.callbacks.TerminateOnNaN(),
+    callbacks = [StopOnNaN(),
                  keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"))]
     if chief:
         callbacks.append(keras.callbacks.ModelCheckpoint(

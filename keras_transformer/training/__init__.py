@@ -1,7 +1,7 @@
 """Losses, metrics, schedules and optimizers for training Transformers."""
 
 from keras_transformer.training import distribute
-from keras_transformer.training.callbacks import TimeBudget, WallClockLearningRate
+from keras_transformer.training.callbacks import StopOnNaN, TimeBudget, WallClockLearningRate
 from keras_transformer.training.losses import MaskedSparseCategoricalCrossentropy
 from keras_transformer.training.metrics import MaskedAccuracy, masked_perplexity
 from keras_transformer.training.schedules import TransformerSchedule, transformer_optimizer
@@ -9,6 +9,7 @@ from keras_transformer.training.schedules import TransformerSchedule, transforme
 __all__ = [
     "MaskedAccuracy",
     "MaskedSparseCategoricalCrossentropy",
+    "StopOnNaN",
     "TimeBudget",
     "TransformerSchedule",
     "WallClockLearningRate",

@@ -69,3 +69,26 @@ class WallClockLearningRate(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         fraction = (time.monotonic() - self._started) / self.seconds
         self.model.optimizer.learning_rate.assign(self.rate(fraction))
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Raises `FloatingPointError` at the first NaN or infinite training loss.
+
+    Keras's `TerminateOnNaN` only sets `stop_training`: the epoch still ends,
+    so `on_epoch_end` callbacks (`BackupAndRestore`, `ModelCheckpoint`) run and
+    may store the broken weights, and a resumed run would start from them.
+    Raising leaves `fit` at once: the last backup and checkpoint are the ones
+    written before the NaN.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise FloatingPointError(
+                f"The training loss became {float(loss)} at epoch {getattr(self, '_epoch', 0)}"
+                f" (0-based), batch {batch}; training stopped before any checkpoint or backup "
+                "stored those weights. Lower the learning rate, or train in float32."
+            )

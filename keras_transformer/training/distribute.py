@@ -21,6 +21,9 @@ for correctness under several replicas:
   its own share of every global batch.
 - Only the chief writes checkpoints and exports (`is_chief`); the other
   workers write their backups into their own directories (`worker_directory`).
+- Keras 3's `fit` does not run under `MultiWorkerMirroredStrategy` as
+  released (keras-team/keras#20585); `patch_keras_for_multi_worker` works
+  around its two failures, and `make_strategy("multi_worker")` applies it.
 """
 
 import json
@@ -65,6 +68,7 @@ def make_strategy(name="auto"):
         if not _tf_config().get("cluster"):
             raise ValueError("strategy 'multi_worker' needs the TF_CONFIG environment variable "
                              "(cluster and task); see the README's distributed training section.")
+        patch_keras_for_multi_worker()
         return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = _tpu_resolver()
     if resolver is None:
@@ -108,3 +112,55 @@ def worker_directory(directory):
         return directory
     task_type, index = task()
     return os.path.join(directory, f"{task_type}_{index}")
+
+
+def patch_keras_for_multi_worker():
+    """Works around Keras 3's `fit` under `MultiWorkerMirroredStrategy`.
+
+    Keras 3 (up to at least 3.15) fails there in two places
+    (keras-team/keras#20585): before the first step it averages a data batch
+    across workers to build the model symbolically (which cannot convert the
+    per-replica integer batch), and after each step it averages the scalar
+    logs with `axis=0` (invalid for scalars). This replaces the first with a
+    build from this worker's own first batch, and the second with a mean over
+    replicas (`axis=None`) for scalars. Single-worker strategies are left
+    alone. Idempotent; `make_strategy("multi_worker")` calls it.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer, "_keras_transformer_multi_worker_patch", False):
+        return
+    multi_worker = tf_trainer._collective_all_reduce_multi_worker
+    reduce_per_replica = tf_trainer.reduce_per_replica
+
+    def reduce_scalars_too(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not multi_worker(strategy):
+            return reduce_per_replica(values, strategy, reduction)
+
+        def reduce(value):
+            if strategy.experimental_local_results(value)[0].shape.rank == 0:
+                return strategy.reduce("MEAN", value, axis=None)
+            return reduce_per_replica(value, strategy, reduction)
+
+        return tf.nest.map_structure(reduce, values)
+
+    symbolic_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def build_from_local_batch(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is None or strategy is None or not multi_worker(strategy):
+            return symbolic_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:  # as Keras does: peek at the first batch
+            batch = next(batches)
+            break
+        local = tf.nest.map_structure(
+            lambda x: strategy.experimental_local_results(x)[0]
+            if isinstance(x, tf.distribute.DistributedValues) else x,
+            batch,
+        )
+        with strategy.scope():
+            self._symbolic_build(data_batch=local)
+
+    tf_trainer.reduce_per_replica = reduce_scalars_too
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = build_from_local_batch
+    tf_trainer._keras_transformer_multi_worker_patch = True
