@@ -11,4 +11,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 echo
 echo "Through the exported SavedModel (keras-transformer translate saved_models/translator):"
 "$root/.venv/bin/keras-transformer" translate saved_models/translator \
-    "twenty-one books" "the first of May" "seven plus five is twelve" "three hundred houses"
+    "I have twenty one books." "the first of May two thousand twenty four" \
+    "seven plus five is twelve." "I have three hundred trees."

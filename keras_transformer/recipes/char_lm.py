@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from keras_transformer.data import datasets, pipelines
 from keras_transformer.export import export_saved_model
-from keras_transformer.generation import TextGenerator
+from keras_transformer.generation import TextGenerator, plots
 from keras_transformer.models import TransformerConfig, build_causal_lm
 from keras_transformer.training import (
     distribute,
@@ -87,7 +87,8 @@ def add_arguments(parser):
                         help="where the model and its config go")
     parser.add_argument("--export-dir", default="saved_models/char_lm",
                         help="the SavedModel (prompt in, text out) goes to <this>/<version>/")
-    parser.add_argument("--seconds", type=float, default=95.0, help="wall-clock training budget")
+    parser.add_argument("--minutes", type=float, default=95 / 60,
+                        help="wall-clock training budget (95 s: nanoGPT's figure)")
     parser.add_argument("--context", type=int, default=64, help="characters per window")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per batch")
     parser.add_argument("--layers", type=int, default=2, help="decoder blocks")
@@ -114,7 +115,7 @@ def main(argv=None):
 def run(args):
     """Trains and scores a character language model as `args` says."""
     if args.smoke:
-        args.seconds, args.layers, args.dim, args.context, args.batch_size = 8.0, 1, 32, 32, 16
+        args.minutes, args.layers, args.dim, args.context, args.batch_size = 8 / 60, 1, 32, 32, 16
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -181,11 +182,11 @@ def run(args):
     # `TimeBudget` stops at the budget (the clock starts with `fit`, so XLA's
     # compilation counts against it); `WallClockLearningRate` decays the
     # learning rate over the same budget.
-    minutes = args.seconds / 60
+    minutes = args.minutes
     callbacks = [TimeBudget(minutes), WallClockLearningRate(args.learning_rate, minutes),
                  StopOnNaN()]
     started = time.time()
-    model.fit(train, epochs=1000, callbacks=callbacks, verbose=2)
+    history = model.fit(train, epochs=1000, callbacks=callbacks, verbose=2)
     seconds = time.time() - started
 
     # ## Validation loss in nats per character
@@ -196,6 +197,8 @@ def run(args):
           f"(perplexity {scores['perplexity']:.2f}) on the last 10 % of the text; "
           "nanoGPT's CPU recipe: 1.87 in ~95 s")
     model.save(os.path.join(args.output_dir, "model.keras"))
+    plots.plot_history(history.history, os.path.join(args.output_dir, "curves.png"),
+                       metrics=("loss", "perplexity"))
 
     # ## Sampling, through the exported SavedModel
     #
