@@ -219,3 +219,21 @@ def test_text_generator_greedy_matches_full_recompute_and_exports(tmp_path):
     served = tf.saved_model.load(path).signatures["generate"]
     np.testing.assert_array_equal(
         served(prompt=tf.constant(prompts), seed=tf.constant(3))["text"].numpy(), first)
+
+
+def test_causal_lm_beam_search_with_prompts():
+    tf.random.set_seed(5)
+    model = build_causal_lm(small_config(num_encoder_layers=0, vocab_size=29))
+    prompts = tf.constant([[5, 9, 11], [7, 0, 0]])
+    lengths = tf.constant([3, 1])
+    stepper = CausalLMStepper(model)
+    state = stepper.initial_state(2, MAX_LENGTH + 1)
+    kwargs = dict(forced_ids=prompts, forced_lengths=lengths)
+    greedy, greedy_scores = greedy_search(stepper, state, prompts[:, 0], MAX_LENGTH, **kwargs)
+    one, one_scores = beam_search(stepper, state, prompts[:, 0], MAX_LENGTH, beam_size=1,
+                                  alpha=0.0, **kwargs)
+    np.testing.assert_array_equal(one.numpy(), greedy.numpy())
+    np.testing.assert_allclose(one_scores.numpy(), greedy_scores.numpy(), atol=1e-5)
+    four, _ = beam_search(stepper, state, prompts[:, 0], MAX_LENGTH, beam_size=4, **kwargs)
+    # The prompts are kept as they are, whatever the search.
+    np.testing.assert_array_equal(four.numpy()[0, :2], [9, 11])

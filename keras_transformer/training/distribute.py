@@ -13,9 +13,10 @@ for correctness under several replicas:
   of the *global* batch (an all-reduce across replicas), so the gradient is
   the one a single device computes on the same global batch, even when the
   replicas' shares hold different numbers of padding tokens.
-- MoE auxiliary losses go through Keras's `add_loss`, which divides them by
-  the number of replicas before the gradients are summed: their average over
-  replicas is what is minimized.
+- MoE auxiliary losses go through Keras's `add_loss`. Known bug, not fixed
+  yet: under `MirroredStrategy` with several replicas, `fit` minimizes one
+  replica's auxiliary loss instead of their mean (see the xfail test in
+  `tests/test_distribute.py`).
 - The pipelines set the auto-shard policy to `DATA` (their sources are
   in-memory tensors, not files), so each worker of a multi-worker run takes
   its own share of every global batch.
