@@ -21,7 +21,7 @@ What differs from that recipe, and why it helps under a fixed clock:
 This module is the recipe that `keras-transformer train char-lm` and
 `examples/train_char_lm.py` run; it reads top to bottom.
 
-    keras-transformer train char-lm --data ../shared/data/tinyshakespeare-train.txt.gz
+    keras-transformer train char-lm --data path/to/tinyshakespeare.txt.gz
     keras-transformer train char-lm            # downloads tiny-shakespeare (TFDS)
     keras-transformer train char-lm --smoke    # seconds, for the tests
 """
