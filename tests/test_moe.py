@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -284,3 +286,36 @@ def test_common_layer_checks(tmp_path):
         expected_non_trainable_weights=0,
         tmp_path=tmp_path,
     )
+
+
+def test_each_thread_reads_back_only_the_losses_its_own_call_added():
+    # The interleaving MirroredStrategy's replica threads go through: thread 1
+    # calls the layer between thread 0's call and thread 0's read of `losses`.
+    layer = MoE(num_experts=E, expert_dim=F, top_k=2, aux_loss_weight=1.0, z_loss_weight=0.0)
+    layer(X)
+    first_called, second_done = threading.Event(), threading.Event()
+    seen = {}
+
+    def replica(index, rows):
+        if index == 1:
+            first_called.wait(10)
+        layer(X[rows], training=True)
+        if index == 0:
+            first_called.set()
+            second_done.wait(10)
+        seen[index] = [float(_np(loss)) for loss in layer.losses]
+        if index == 1:
+            second_done.set()
+
+    threads = [threading.Thread(target=replica, args=(0, slice(0, 1))),
+               threading.Thread(target=replica, args=(1, slice(1, 2)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    expected = [float(_np(layer.compute_routing(X[rows])["aux_loss"]))
+                for rows in (slice(0, 1), slice(1, 2))]
+    assert expected[0] != pytest.approx(expected[1])
+    assert seen == {0: [pytest.approx(expected[0], rel=1e-5)],
+                    1: [pytest.approx(expected[1], rel=1e-5)]}
+    assert layer.losses == []  # this thread added none

@@ -6,6 +6,7 @@ from keras_transformer.layers.moe import MoE
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.positional_embedding import PositionalEmbedding
 from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
+from keras_transformer.layers.replica_losses import ReplicaLocalLosses
 from keras_transformer.layers.routing_statistics import RoutingStatistics
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "MultiHeadAttention",
     "PositionalEmbedding",
     "PositionwiseFFN",
+    "ReplicaLocalLosses",
     "RoutingStatistics",
 ]

@@ -6,12 +6,13 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import masks as masks_lib
+from keras_transformer.layers.replica_losses import ReplicaLocalLosses
 from keras_transformer.layers.routing_statistics import RoutingStatistics
 from keras_transformer.layers.validation import check_positive_int, check_rate
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
-class MoE(keras.layers.Layer):
+class MoE(ReplicaLocalLosses, keras.layers.Layer):
     """Mixture of experts: `MoE(x) = Σ_{i ∈ top-k(x)} gᵢ(x)·Eᵢ(x)`, sparse.
 
     A drop-in replacement for `PositionwiseFFN`: `num_experts` feed-forward
@@ -43,7 +44,10 @@ class MoE(keras.layers.Layer):
     not count in the losses or statistics.
 
     Losses, added with `add_loss` in training only (so `fit` reports them as
-    part of its loss), over the real tokens:
+    part of its loss), over the real tokens; under `tf.distribute`, each
+    replica adds the losses of its share of the batch and `fit` minimizes
+    their mean (`ReplicaLocalLosses`: Keras 3 alone would let the last
+    replica's loss overwrite the others'):
     - load balancing (Switch): `num_experts · Σᵢ fᵢ·Pᵢ`, where `fᵢ` is the
       fraction of the `top_k × tokens` assignments that chose expert i
       (before capacity) and `Pᵢ` the mean router probability of expert i;

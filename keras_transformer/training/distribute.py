@@ -13,10 +13,12 @@ for correctness under several replicas:
   of the *global* batch (an all-reduce across replicas), so the gradient is
   the one a single device computes on the same global batch, even when the
   replicas' shares hold different numbers of padding tokens.
-- MoE auxiliary losses go through Keras's `add_loss`. Known bug, not fixed
-  yet: under `MirroredStrategy` with several replicas, `fit` minimizes one
-  replica's auxiliary loss instead of their mean (see the xfail test in
-  `tests/test_distribute.py`).
+- MoE auxiliary losses go through Keras's `add_loss`, which Keras 3 scales by
+  `1 / num_replicas_in_sync`; `MoE` keeps them per replica thread
+  (`layers.ReplicaLocalLosses`), because Keras's one list per layer lets the
+  last replica's loss overwrite the others' under `MirroredStrategy`. So `fit`
+  minimizes the mean of the replicas' auxiliary losses (tested: the reported
+  loss and the weights after a step match that mean on two logical CPUs).
 - The pipelines set the auto-shard policy to `DATA` (their sources are
   in-memory tensors, not files), so each worker of a multi-worker run takes
   its own share of every global batch.
