@@ -5,7 +5,7 @@ and reads top to bottom: sentence pairs (the built-in corpus, `spa-eng.zip`
 through the package's TFDS builder, or any TFDS translation dataset) →
 WordPiece vocabularies → bucketed tf.data pipelines with teacher forcing →
 `build_transformer` → label-smoothed masked cross-entropy, the paper's
-warm-up schedule → `model.fit` with a best checkpoint and `BackupAndRestore`
+warm-up schedule → `model.fit` with a best checkpoint and `AtomicBackupAndRestore`
 → greedy translations of held-out sentences. `keras-transformer train
 translation` runs the same code with the same options.
 

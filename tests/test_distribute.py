@@ -246,7 +246,8 @@ RESUMABLE = textwrap.dedent(
     import numpy as np
     import keras
     from keras_transformer.models import TransformerConfig, build_transformer
-    from keras_transformer.training import MaskedSparseCategoricalCrossentropy, distribute
+    from keras_transformer.training import (AtomicBackupAndRestore,
+                                            MaskedSparseCategoricalCrossentropy, distribute)
 
     work = sys.argv[1]
     crash_after = int(os.environ.get("CRASH_AFTER_EPOCH", "-1"))
@@ -258,7 +259,7 @@ RESUMABLE = textwrap.dedent(
             with open(os.path.join(mine, "log.jsonl"), "a") as f:
                 f.write(json.dumps({"begin": epoch}) + "\\n")
 
-    class Crash(keras.callbacks.Callback):  # after BackupAndRestore in the list
+    class Crash(keras.callbacks.Callback):  # after the backup in the list
         def on_epoch_end(self, epoch, logs=None):
             if epoch == crash_after:
                 os._exit(3)
@@ -273,7 +274,7 @@ RESUMABLE = textwrap.dedent(
         model = build_transformer(config)
         model.compile(optimizer="adam", loss=MaskedSparseCategoricalCrossentropy())
     model.fit([source, target], target, epochs=4, batch_size=16, verbose=0, callbacks=[
-        Log(), keras.callbacks.BackupAndRestore(os.path.join(mine, "backup")), Crash()])
+        Log(), AtomicBackupAndRestore(os.path.join(mine, "backup")), Crash()])
     """
 )
 

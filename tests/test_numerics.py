@@ -7,7 +7,7 @@ import keras
 from keras_transformer.data import generate_pairs, pipelines
 from keras_transformer.data import tokenizers as tk
 from keras_transformer.models import TransformerConfig, build_transformer
-from keras_transformer.training import MaskedSparseCategoricalCrossentropy
+from keras_transformer.training import AtomicBackupAndRestore, MaskedSparseCategoricalCrossentropy
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_a_nan_loss_stops_training_before_any_backup_stores_it(corpus, tmp_path)
         lambda: zip(xs, ys), output_signature=(
             (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32)),
             tf.TensorSpec([None, None], tf.int32)))
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    backup = AtomicBackupAndRestore(str(tmp_path / "backup"))
     with pytest.raises(FloatingPointError, match="epoch 1 .0-based., batch 3"):
         model.fit(dataset, epochs=4, verbose=0, callbacks=[
             Poison(), StopOnNaN(), backup,
@@ -85,6 +85,6 @@ def test_a_nan_loss_stops_training_before_any_backup_stores_it(corpus, tmp_path)
     restored.compile(optimizer=keras.optimizers.Adam(3e-3),
                      loss=MaskedSparseCategoricalCrossentropy())
     history = restored.fit(dataset, epochs=2, verbose=0, callbacks=[
-        keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+        AtomicBackupAndRestore(str(tmp_path / "backup"))])
     assert len(history.history["loss"]) == 1  # resumed at epoch 2 of 2
     assert np.isfinite(history.history["loss"]).all()

@@ -4,8 +4,8 @@ From raw sentence pairs to a trained encoder–decoder Transformer:
 WordPiece vocabularies trained on the corpus, a tf.data pipeline with teacher
 forcing and length bucketing, the model from `build_transformer`, label-smoothed
 cross-entropy that ignores padding, the paper's warm-up schedule, and
-`model.fit` with validation, a best checkpoint and `BackupAndRestore` (a killed
-run started again resumes from its last epoch).
+`model.fit` with validation, a best checkpoint and `AtomicBackupAndRestore` (a
+killed run started again resumes from its last epoch).
 
 By default it trains on the built-in corpus (numbers, counts, sums and dates
 written out in words, made by the package: no download) and reports exact-match
@@ -40,6 +40,7 @@ from keras_transformer.export import export_saved_model
 from keras_transformer.generation import Translator, evaluation, plots
 from keras_transformer.models import TransformerConfig, build_transformer
 from keras_transformer.training import (
+    AtomicBackupAndRestore,
     MaskedAccuracy,
     distribute,
     MaskedSparseCategoricalCrossentropy,
@@ -197,13 +198,13 @@ def run(args):
 
     # ## Training
     #
-    # The best checkpoint by validation loss is kept; `BackupAndRestore`
-    # saves the training state each epoch and resumes from it when the same
-    # command runs again after a crash.
+    # The best checkpoint by validation loss is kept; `AtomicBackupAndRestore`
+    # saves the training state each epoch, never half-written whenever the
+    # process is killed, and resumes from it when the same command runs again.
     # `StopOnNaN` stops at the first NaN loss, before a checkpoint or
     # backup can store the broken weights.
     callbacks = [StopOnNaN(),
-                 keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"))]
+                 AtomicBackupAndRestore(os.path.join(run_dir, "backup"))]
     if chief:
         callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(run_dir, "best.keras"), monitor="val_loss", save_best_only=True
