@@ -1,10 +1,15 @@
 """SavedModel export: text in, text out, loaded with TensorFlow alone; atomic versions."""
 
+import errno
+import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -19,8 +24,7 @@ from keras_transformer.models import TransformerConfig, build_transformer
 TEXTS = ["twenty-one books", "¿Dónde está el niño?", "", "seven plus five is twelve " * 40]
 
 
-@pytest.fixture(scope="module")
-def translator():
+def make_translator():
     pairs = generate_pairs(300, seed=0)
     source = tk.train_wordpiece([en for en, _ in pairs], 200)
     target = tk.train_wordpiece([es for _, es in pairs], 200)
@@ -31,6 +35,11 @@ def translator():
         num_decoder_layers=1, dropout=0.0,
     )
     return Translator(build_transformer(config), source, target, max_length=16, beam_size=2)
+
+
+@pytest.fixture(scope="module")
+def translator():
+    return make_translator()
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +159,121 @@ def test_versions_count_up_and_a_failed_export_leaves_nothing(translator, export
     assert versions(str(base)) == [1, 2]
     assert sorted(os.listdir(base)) == ["1", "2"]  # no half-written version left behind
     assert os.path.exists(os.path.join(base, "2", "saved_model.pb"))
+
+
+EXPORT = textwrap.dedent(
+    """
+    import sys
+    from tests.test_export import make_translator
+    from keras_transformer.export import export_saved_model
+    translator = make_translator()
+    print("exporting", flush=True)
+    export_saved_model(translator, sys.argv[1])
+    """
+)
+
+
+def _tree_digest(directory):
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(directory)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, directory).encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def _staging_files(base):
+    return [os.path.join(root, name) for root, _, files in os.walk(base)
+            if os.sep + ".incomplete-" in root for name in files]
+
+
+def test_an_export_killed_midway_leaves_the_previous_version_and_nothing_loadable(
+        translator, tmp_path):
+    base = tmp_path / "translator"
+    export_saved_model(translator, str(base))
+    before = _tree_digest(base / "1")
+    # SIGKILL while the SavedModel is being written: once its vocabulary
+    # assets are there, then once TensorFlow has begun writing the model.
+    kill_points = [lambda files: len(files) > 0,
+                   lambda files: any(os.sep + "model" + os.sep in f for f in files)]
+    for kill_when in kill_points:
+        process = subprocess.Popen(
+            [sys.executable, "-c", EXPORT, str(base)], stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            deadline, killed = time.time() + 240, False
+            while time.time() < deadline and process.poll() is None:
+                if kill_when(_staging_files(base)):
+                    process.send_signal(signal.SIGKILL)
+                    killed = True
+                    break
+                time.sleep(0.005)
+            process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert killed, "the export finished before the kill point"
+        # What TF Serving would see: version 1 only, byte for byte as it was.
+        assert versions(str(base)) == [1]
+        assert [n for n in os.listdir(base) if not n.startswith(".")] == ["1"]
+        assert _tree_digest(base / "1") == before
+        # The killed export's staging stays, hidden; the next export's start
+        # removed the one before it.
+        assert len([n for n in os.listdir(base) if n.startswith(".incomplete-")]) == 1
+    # The next export removes it and writes version 2.
+    assert export_saved_model(translator, str(base)).endswith(os.sep + "2")
+    assert sorted(os.listdir(base)) == ["1", "2"]
+    served = tf.saved_model.load(str(base / "2"))
+    assert served.signatures["serving_default"](text=tf.constant(["one book"]))["translation"].shape == [1]
+
+
+def test_only_staging_of_gone_processes_of_this_host_is_removed(tmp_path):
+    import socket
+
+    from keras_transformer.export import remove_abandoned_staging
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    names = {"gone": f".incomplete-3-{host}-{finished.stdout.strip()}-a1b2",
+             "alive": f".incomplete-3-{host}-{os.getpid()}-c3d4",  # an export in progress
+             "elsewhere": f".incomplete-3-other-host-{finished.stdout.strip()}-e5f6"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    (tmp_path / "1").mkdir()
+    assert remove_abandoned_staging(str(tmp_path)) == [names["gone"]]
+    assert sorted(os.listdir(tmp_path)) == sorted(["1", names["alive"], names["elsewhere"]])
+
+
+def test_a_real_full_disk_fails_cleanly_and_keeps_the_previous_version(translator, tmp_path):
+    """A tmpfs big enough for one export, not two (needs mount rights: root)."""
+    size = int(subprocess.check_output(
+        ["du", "-sb", export_saved_model(translator, str(tmp_path / "sized"))]).split()[0])
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2}", "tmpfs",
+                              str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        base = disk / "translator"
+        export_saved_model(translator, str(base))
+        before, free = _tree_digest(base / "1"), shutil.disk_usage(disk).free
+        with pytest.raises(OSError, match=r"No space left .* version 2 .* unchanged: \[1\]") as info:
+            export_saved_model(translator, str(base))
+        assert info.value.errno == errno.ENOSPC
+        assert sorted(os.listdir(base)) == ["1"]  # no version 2, no staging left
+        assert _tree_digest(base / "1") == before
+        assert shutil.disk_usage(disk).free == free  # the partial write was removed
+        served = tf.saved_model.load(str(base / "1"))
+        assert served.signatures["serving_default"](text=tf.constant(["one book"]))["translation"].shape == [1]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_attention_weights_and_pictures(translator, tmp_path):

@@ -5,7 +5,9 @@ version, `saved_models/<name>/<version>/` (the layout TF Serving watches),
 atomically: the SavedModel is written into a hidden temporary directory
 beside it and renamed into place only once complete, so a crash or a full
 disk mid-export never leaves a half-written version that a server would
-load, and never touches the versions already there.
+load, and never touches the versions already there. A process killed
+mid-export leaves only its hidden staging directory, which the next export
+into the same directory removes (`remove_abandoned_staging`).
 
 Signatures:
 - `serving_default`: `text` `(B,)` string → `translation` `(B,)` string,
@@ -28,10 +30,12 @@ not keras, keras-hub or keras_transformer:
     served.signatures["serving_default"](text=tf.constant(["Hello."]))
 """
 
+import errno
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 
 import keras_hub
@@ -40,6 +44,38 @@ import tensorflow as tf
 from keras_transformer.data import tokenizers as tk
 
 _VERSION = re.compile(r"^\d+$")
+_STAGING = re.compile(r"^\.incomplete-\d+-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+
+
+def _process_is_gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def remove_abandoned_staging(base_dir):
+    """Removes the staging directories of exports whose process was killed.
+
+    An export killed midway leaves its hidden `.incomplete-<version>-<host>-<pid>-*`
+    directory (never a numeric one, so TF Serving never sees it). Those of
+    this host whose process no longer exists are removed; those of a live
+    process (an export in progress) or of another host are left alone.
+    Returns the names removed.
+    """
+    if not os.path.isdir(base_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(base_dir)):
+        match = _STAGING.match(name)
+        if (match and match["host"] == socket.gethostname()
+                and _process_is_gone(int(match["pid"]))):
+            shutil.rmtree(os.path.join(base_dir, name), ignore_errors=True)
+            removed.append(name)
+    return removed
 
 
 def versions(base_dir):
@@ -82,6 +118,8 @@ def export_saved_model(module, base_dir, version=None):
 
     Raises:
         FileExistsError: if `base_dir/<version>` exists already.
+        OSError: `errno.ENOSPC` when the disk fills up mid-export (the partial
+            export is removed; the message says what is free).
     """
     existing = versions(base_dir)
     version = int(version) if version is not None else (existing[-1] + 1 if existing else 1)
@@ -92,14 +130,25 @@ def export_saved_model(module, base_dir, version=None):
             "Pass another version (or none, for the next one)."
         )
     os.makedirs(base_dir, exist_ok=True)
+    remove_abandoned_staging(base_dir)
     # Same directory, so the final rename is atomic; the leading dot keeps
     # TF Serving (which loads numeric names only) away from it.
-    staging = tempfile.mkdtemp(prefix=f".incomplete-{version}-", dir=base_dir)
+    staging = tempfile.mkdtemp(
+        prefix=f".incomplete-{version}-{socket.gethostname()}-{os.getpid()}-", dir=base_dir)
     try:
         module.vocabulary_files = _vocabulary_assets(module, staging)
         model_dir = os.path.join(staging, "model")
         tf.saved_model.save(module, model_dir, signatures=module.serving_signatures())
         os.rename(model_dir, final)
+    except (OSError, tf.errors.OpError) as error:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on the device of {base_dir!r} while exporting version "
+                f"{version} ({shutil.disk_usage(base_dir).free} bytes free now that the "
+                f"partial export is removed). Nothing was written to {final!r}; the "
+                f"versions present are unchanged: {existing}.") from error
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
