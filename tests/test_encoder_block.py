@@ -76,7 +76,7 @@ def test_bad_input_is_a_value_error():
         EncoderBlock(num_heads=5, ffn_dim=32)(X)
     with pytest.raises(ValueError, match=r"ffn_dim=0"):
         EncoderBlock(num_heads=4, ffn_dim=0)
-    with pytest.raises(ValueError, match=r"query_mask.shape=\(2, 5\)"):
+    with pytest.raises(ValueError, match=r"padding_mask.shape=\(2, 5\)"):
         EncoderBlock(num_heads=4, ffn_dim=32)(X, padding_mask=MASK[:, :5])
 
 

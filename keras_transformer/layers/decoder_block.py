@@ -4,6 +4,7 @@ import keras
 
 from keras_transformer.layers import masks as masks_lib
 from keras_transformer.layers.block_base import TransformerBlockBase
+from keras_transformer.layers.validation import check_floating
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -150,6 +151,13 @@ class DecoderBlock(TransformerBlockBase):
         encoder_padding_mask = masks_lib.first_mask(
             encoder_padding_mask, encoder_sequence_mask
         )
+        check_floating("decoder_sequence", decoder_sequence)
+        check_floating("encoder_sequence", encoder_sequence)
+        masks_lib.check_mask_shape("decoder_padding_mask", decoder_padding_mask,
+                                   (None, decoder_sequence.shape[1]))
+        if encoder_sequence is not None:
+            masks_lib.check_mask_shape("encoder_padding_mask", encoder_padding_mask,
+                                       (None, encoder_sequence.shape[1]))
         has_encoder = encoder_sequence is not None or cross_attention_cache is not None
         if has_encoder != self.has_cross_attention:
             built = "with" if self.has_cross_attention else "without"

@@ -4,6 +4,7 @@ import keras
 
 from keras_transformer.layers import masks as masks_lib
 from keras_transformer.layers.block_base import TransformerBlockBase
+from keras_transformer.layers.validation import check_floating
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -80,6 +81,10 @@ class EncoderBlock(TransformerBlockBase):
     ):
         # `mask` is the implicit Keras mask of `inputs`; an explicit one wins.
         padding_mask = masks_lib.first_mask(padding_mask, mask)
+        check_floating("inputs", inputs)
+        length = inputs.shape[1]
+        masks_lib.check_mask_shape("padding_mask", padding_mask, (None, length))
+        masks_lib.check_mask_shape("attention_mask", attention_mask, (None, length, length))
         x = inputs
 
         # Self-attention block.

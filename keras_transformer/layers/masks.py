@@ -31,7 +31,15 @@ def first_mask(*masks):
 
 
 def check_mask_shape(name, mask, expected_shape):
-    """Raises a ValueError when `mask` cannot be a mask of `expected_shape`.
+    """Raises when `mask` cannot be a mask of `expected_shape`.
+
+    Raises:
+        ValueError: the shape does not match.
+        TypeError: the mask is not bool or integer. Integer masks are read
+            as Keras does (nonzero = attend); floating-point masks are refused,
+            because the two float conventions in circulation, additive masks
+            (0 / -inf) and the TensorFlow tutorial's "1 = masked", would both
+            be silently misread.
 
     Args:
         name: the argument's name, for the message.
@@ -40,6 +48,13 @@ def check_mask_shape(name, mask, expected_shape):
     """
     if mask is None:
         return
+    dtype = keras.backend.standardize_dtype(mask.dtype)
+    if not (dtype == "bool" or dtype.startswith("int") or dtype.startswith("uint")):
+        raise TypeError(
+            f"`{name}` must be a bool mask, True = attend (or real token). Received: "
+            f"{name}.dtype={dtype}. An additive mask (0 / -inf) or a '1 = masked' mask "
+            "would be misread; convert it, e.g. `mask = additive == 0`."
+        )
     shape = tuple(mask.shape)
     expected_shape = tuple(d if isinstance(d, int) else None for d in expected_shape)
     mismatch = len(shape) != len(expected_shape) or any(

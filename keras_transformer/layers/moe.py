@@ -8,7 +8,7 @@ from keras import ops
 from keras_transformer.layers import masks as masks_lib
 from keras_transformer.layers.replica_losses import ReplicaLocalLosses
 from keras_transformer.layers.routing_statistics import RoutingStatistics
-from keras_transformer.layers.validation import check_positive_int, check_rate
+from keras_transformer.layers.validation import check_floating, check_positive_int, check_rate
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -164,6 +164,7 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, padding_mask=None, training=None, mask=None):
+        check_floating("inputs", inputs)
         padding_mask = masks_lib.first_mask(padding_mask, mask)
         tokens, valid, unflatten = self._flatten(inputs, padding_mask)
         routing = self._route(tokens, valid, training)

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import masks as masks_lib
-from keras_transformer.layers.validation import check_positive_int, check_rate
+from keras_transformer.layers.validation import check_floating, check_positive_int, check_rate
 
 # Added to the scores of masked keys (in float32) before the softmax. Finite, so
 # a row whose keys are all masked never turns into NaN.
@@ -200,6 +200,8 @@ class MultiHeadAttention(keras.layers.Layer):
         # `mask` is the implicit Keras mask of `query` when it is the only
         # tensor argument; with several, Keras fills `query_mask`/`value_mask`.
         query_mask = masks_lib.first_mask(query_mask, mask)
+        check_floating("query", query)
+        check_floating("value", value)
         precomputed = cache is not None and cache_index is None
         if precomputed and value is not None:
             raise ValueError(

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_transformer.layers.validation import check_positive_int
+from keras_transformer.layers.validation import check_positive_int, check_token_ids
 
 _POSITIONS = ("sinusoidal", "learned")
 
@@ -137,6 +137,7 @@ class PositionalEmbedding(keras.layers.Layer):
                 "`token_ids` must have shape (batch, length). "
                 f"Received: token_ids.shape={tuple(token_ids.shape)}"
             )
+        check_token_ids("token_ids", token_ids)
         self._check_length(token_ids.shape[1], start_index)
         token_ids = ops.cast(token_ids, "int32")
         embeddings = ops.cast(

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_transformer.layers.validation import check_positive_int, check_rate
+from keras_transformer.layers.validation import check_floating, check_positive_int, check_rate
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -87,6 +87,7 @@ class PositionwiseFFN(keras.layers.Layer):
         )
 
     def call(self, inputs, padding_mask=None, training=None):
+        check_floating("inputs", inputs)
         hidden = self._inner_dense(inputs)  # [..., hidden_dim]
         hidden = self._dropout_layer(hidden, training=training)
         return self._output_dense(hidden)  # [..., D]
