@@ -46,7 +46,8 @@ class DecoderBlock(TransformerBlockBase):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        decoder_sequence: `(B, T, D)` decoder input.
+        decoder_sequence: `(B, T, D)` decoder input, floating point (like
+            `encoder_sequence`; other dtypes: TypeError).
         encoder_sequence: `(B, S, D_e)` encoder output, or None (decoder-only,
             or when `cross_attention_cache` is given).
         decoder_padding_mask: `(B, T)` bool, True at real decoder tokens.

@@ -37,7 +37,7 @@ class EncoderBlock(TransformerBlockBase):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: `(B, T, D)` input sequence.
+        inputs: `(B, T, D)` input sequence, floating point (other dtypes: TypeError).
         padding_mask: `(B, T)` bool, True at real tokens. Defaults to the
             implicit Keras mask of `inputs` (from `PositionalEmbedding`).
         attention_mask: `(B, T, T)` bool, True where token `t` may attend to

@@ -1,7 +1,10 @@
 """Masks: the one place where keras_transformer builds, checks and merges them.
 
 One convention everywhere in the package: masks are boolean and **True means
-"attend"** (or "this token is real").
+"attend"** (or "this token is real"). Integer masks are read as Keras reads
+them (nonzero = attend); floating-point masks are refused with a TypeError
+(`check_mask_shape`), since additive (0 / -inf) and "1 = masked" float masks
+would be misread.
 
 - padding mask `(B, T)`: True at real tokens, False at padding.
 - attention mask `(B, T, S)`: True where query position `t` may attend to key

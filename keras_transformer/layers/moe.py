@@ -73,7 +73,7 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: `(B, T, D)` tokens.
+        inputs: `(B, T, D)` tokens, floating point (other dtypes: TypeError).
         padding_mask: `(B, T)` bool, True at real tokens. Defaults to the
             implicit Keras mask of `inputs`.
         training: bool, training behaviour (capacity, jitter, losses, dropout).

@@ -45,7 +45,8 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        query: `(B, T, D)` queries.
+        query: `(B, T, D)` queries, floating point like `value` (other
+            dtypes: TypeError; masks must be bool or integer, see `masks`).
         value: `(B, S, D_v)` keys/values for cross-attention, or None for
             self-attention (keys and values are then `query`).
         query_mask: `(B, T)` bool padding mask of `query`. Defaults to the

@@ -54,8 +54,8 @@ class PositionalEmbedding(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        token_ids: `(B, T)` int token ids (with `reverse=True`: `(B, T, embed_dim)`
-            hidden states).
+        token_ids: `(B, T)` integer token ids (float, bool or string ids: a
+            TypeError); with `reverse=True`, `(B, T, embed_dim)` hidden states.
         start_index: int or scalar int tensor, the position of the first token
             (for step-by-step decoding: step t is called with `start_index=t`).
         reverse: bool. If True, the layer is the output projection tied to the

@@ -23,7 +23,8 @@ class PositionwiseFFN(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: `(..., D)` tensor (usually `(B, T, D)`).
+        inputs: `(..., D)` floating-point tensor (usually `(B, T, D)`; other
+            dtypes: TypeError).
         padding_mask: accepted so that `MoE` and this layer are
             interchangeable; unused, since each position is transformed alone.
         training: bool, whether dropout is active.
