@@ -14,7 +14,7 @@ import pytest
 
 import keras
 
-from keras_transformer.training.backup import AtomicBackupAndRestore
+from keras_transformer.training.checkpoints import AtomicBackupAndRestore, AtomicBestCheckpoint
 
 # Trains a tiny translation model for EPOCHS epochs of 4 steps, backing up
 # after every epoch, and logs (flushed) each epoch's first weights' sum at its
@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     import keras
     from keras_transformer.models import TransformerConfig, build_transformer
     from keras_transformer.training import MaskedSparseCategoricalCrossentropy
-    from keras_transformer.training.backup import AtomicBackupAndRestore
+    from keras_transformer.training.checkpoints import AtomicBackupAndRestore, AtomicBestCheckpoint
 
     work = sys.argv[1]
     epochs = int(os.environ.get("EPOCHS", "4"))
@@ -213,3 +213,69 @@ def test_bad_arguments_are_clear_errors():
         AtomicBackupAndRestore("backup", save_freq=0)
     with pytest.raises(ValueError, match="backup_dir.*received ''"):
         AtomicBackupAndRestore("")
+
+
+def test_best_checkpoint_saves_on_improvement_only(tmp_path):
+    path = tmp_path / "best.keras"
+    model = _model()
+    saved = []
+
+    class Record(keras.callbacks.Callback):  # after the checkpoint: was this epoch saved?
+        def on_epoch_end(self, epoch, logs=None):
+            on_disk = keras.models.load_model(path).get_weights()
+            saved.append(all(np.array_equal(a, b)
+                             for a, b in zip(on_disk, self.model.get_weights())))
+
+    losses = iter([3.0, 2.0, 2.5, 1.0])
+
+    class FakeLoss(keras.callbacks.Callback):  # before it: sets the monitored value
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = next(losses)
+
+    model.fit(np.ones((8, 3)), np.zeros((8, 2)), epochs=4, verbose=0,
+              callbacks=[FakeLoss(), AtomicBestCheckpoint(str(path)), Record()])
+    assert saved == [True, True, False, True]  # val_loss 3.0, 2.0, 2.5, 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.keras"]  # no staging left
+    keras.models.load_model(path)
+    with pytest.raises(ValueError, match="end in '.keras'"):
+        AtomicBestCheckpoint(str(tmp_path / "best.h5"))
+    with pytest.raises(KeyError, match="'val_acc'.*available"):
+        _model().fit(np.ones((8, 3)), np.zeros((8, 2)), verbose=0,
+                     callbacks=[AtomicBestCheckpoint(str(path), monitor="val_acc")])
+
+
+KILLED_WHILE_SAVING_BEST = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    import keras
+    from keras_transformer.training import AtomicBestCheckpoint
+
+    save, calls = keras.Model.save, []
+
+    def torn_save(self, filepath, *args, **kwargs):
+        save(self, filepath, *args, **kwargs)
+        calls.append(filepath)
+        if len(calls) == 2:  # the second save: half-written, then killed
+            with open(filepath, "r+b") as f:
+                f.truncate(os.path.getsize(filepath) // 2)
+            os._exit(9)
+
+    keras.Model.save = torn_save
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 3)), np.zeros((8, 2))
+    model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0,
+              callbacks=[AtomicBestCheckpoint(sys.argv[1])])
+    """
+)
+
+
+def test_killed_while_saving_the_best_model_keeps_the_previous_best(tmp_path):
+    path = tmp_path / "best.keras"
+    result = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING_BEST, str(path)],
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 9, result.stderr[-2000:]
+    model = keras.models.load_model(path)  # epoch 1's model, whole
+    assert model.count_params() == 8

@@ -41,6 +41,7 @@ from keras_transformer.generation import Translator, evaluation, plots
 from keras_transformer.models import TransformerConfig, build_transformer
 from keras_transformer.training import (
     AtomicBackupAndRestore,
+    AtomicBestCheckpoint,
     MaskedAccuracy,
     distribute,
     MaskedSparseCategoricalCrossentropy,
@@ -198,17 +199,17 @@ def run(args):
 
     # ## Training
     #
-    # The best checkpoint by validation loss is kept; `AtomicBackupAndRestore`
-    # saves the training state each epoch, never half-written whenever the
-    # process is killed, and resumes from it when the same command runs again.
+    # The best model by validation loss is kept (`AtomicBestCheckpoint`), and
+    # `AtomicBackupAndRestore` saves the training state each epoch and resumes
+    # from it when the same command runs again; a kill at any instant leaves
+    # neither file half-written.
     # `StopOnNaN` stops at the first NaN loss, before a checkpoint or
     # backup can store the broken weights.
     callbacks = [StopOnNaN(),
                  AtomicBackupAndRestore(os.path.join(run_dir, "backup"))]
     if chief:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, "best.keras"), monitor="val_loss", save_best_only=True
-        ))
+        callbacks.append(AtomicBestCheckpoint(os.path.join(run_dir, "best.keras"),
+                                              monitor="val_loss"))
     if args.minutes:
         callbacks.append(TimeBudget(args.minutes))
     started = time.time()

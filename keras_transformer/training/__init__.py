@@ -1,7 +1,7 @@
 """Losses, metrics, schedules and optimizers for training Transformers."""
 
 from keras_transformer.training import distribute
-from keras_transformer.training.backup import AtomicBackupAndRestore
+from keras_transformer.training.checkpoints import AtomicBackupAndRestore, AtomicBestCheckpoint
 from keras_transformer.training.callbacks import StopOnNaN, TimeBudget, WallClockLearningRate
 from keras_transformer.training.losses import MaskedSparseCategoricalCrossentropy
 from keras_transformer.training.metrics import MaskedAccuracy, masked_perplexity
@@ -9,6 +9,7 @@ from keras_transformer.training.schedules import TransformerSchedule, transforme
 
 __all__ = [
     "AtomicBackupAndRestore",
+    "AtomicBestCheckpoint",
     "MaskedAccuracy",
     "MaskedSparseCategoricalCrossentropy",
     "StopOnNaN",

@@ -1,11 +1,12 @@
-"""A `BackupAndRestore` whose backup a kill can never leave half-written.
+"""Backups and checkpoints that a killed process never leaves half-written.
 
 Keras's `keras.callbacks.BackupAndRestore` overwrites `latest.weights.h5` in
-place and then rewrites `training_metadata.json`. A process killed while it
-writes (a preempted VM, an OOM kill, Ctrl-C twice) leaves a truncated weights
-file, after which the next run cannot start at all (`OSError: Unable to
-synchronously open file (truncated file ...)`), or new weights beside the
-previous epoch's metadata, after which it trains an epoch twice.
+place and then rewrites `training_metadata.json`; `ModelCheckpoint` overwrites
+`best.keras` in place. A process killed while they write (a preempted VM, an
+OOM kill, Ctrl-C twice) leaves a truncated file: the next run cannot start at
+all (`OSError: Unable to synchronously open file (truncated file ...)`), or
+finds new weights beside the previous epoch's metadata and trains an epoch
+twice, or the best model so far is gone.
 
 `AtomicBackupAndRestore` writes each backup as a new weights file, flushes it
 to disk, and only then commits it by atomically replacing the metadata file
@@ -21,9 +22,13 @@ Like Keras's callback, it resumes at the start of the epoch after the last
 backup (with `save_freq` in batches: at the start of the epoch in progress,
 from the weights and optimizer state of the backup), and deletes the backup
 when training ends normally unless `delete_checkpoint=False`.
+
+`AtomicBestCheckpoint` keeps the best model by a monitored metric the same
+way: written beside the target, flushed, then renamed over it.
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -169,3 +174,59 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.delete_checkpoint:
             shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+class AtomicBestCheckpoint(keras.callbacks.Callback):
+    """Saves the model (`.keras`) whenever `monitor` improves, atomically.
+
+    `ModelCheckpoint(filepath, monitor, save_best_only=True)` without the
+    window in which a kill leaves `filepath` half-written: the model is saved
+    to a hidden file in the same directory, flushed, and renamed over
+    `filepath`, so `filepath` is always the previous best or the new one.
+
+    Args:
+        filepath: where the best model goes; must end in `.keras`.
+        monitor: a key of the epoch logs, e.g. `"val_loss"`.
+        mode: `"min"`, `"max"`, or `"auto"` (max for names containing "acc",
+            min otherwise).
+
+    Attributes:
+        best: the best value so far (starts at ±inf in each `fit`, as
+            Keras's does).
+    """
+
+    def __init__(self, filepath, monitor="val_loss", mode="auto"):
+        super().__init__()
+        self.filepath = os.fspath(filepath)
+        if not self.filepath.endswith(".keras"):
+            raise ValueError(f"filepath must end in '.keras', received {self.filepath!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', received {mode!r}")
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        self.monitor, self.mode = monitor, mode
+
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(
+                f"AtomicBestCheckpoint monitors {self.monitor!r}, which is not in the "
+                f"epoch logs; available: {sorted(logs or {})}")
+        value = float(value)
+        if not (value < self.best if self.mode == "min" else value > self.best):
+            return
+        self.best = value
+        directory, name = os.path.split(os.path.abspath(self.filepath))
+        os.makedirs(directory, exist_ok=True)
+        staging = os.path.join(directory, f".{name[:-len('.keras')]}-{os.getpid()}.tmp.keras")
+        try:
+            self.model.save(staging, overwrite=True)
+            _fsync(staging)
+            os.replace(staging, self.filepath)
+            _fsync(directory, directory=True)
+        finally:
+            if os.path.exists(staging):
+                os.remove(staging)
