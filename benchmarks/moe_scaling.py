@@ -2,140 +2,233 @@
 
 Our sparse `MoE` (top-2, expert_dim fixed) for num_experts in {4, 8, 16, 32,
 64}, side by side with:
+- a dense `PositionwiseFFN(expert_dim)`, one expert's size (the target's
+  reference), and `PositionwiseFFN(top_k × expert_dim)`, the MoE's active size;
+- the floor: one plain 2-D `PositionwiseFFN(expert_dim)` over as many rows as
+  the MoE's expert buffers hold (`num_experts × capacity`), i.e. the same
+  expert FLOPs with no routing, no dispatch and no batched matmul.
+  `MoE / floor` is the cost of everything that makes the layer sparse;
+- the MoE again with the gradient with respect to its input only (no weight
+  gradients): what is left when the `num_experts × expert_dim × dim` weight
+  gradients, the one part whose size grows with the number of experts, are
+  not computed;
 - a dense mixture that runs every expert on every token and weights the
   outputs by the same sparse top-2 gates (the way keras-hub's Mixtral block
   computes; written here with the same ReLU experts as ours so that only the
-  dispatch differs);
-- a dense `PositionwiseFFN` of one expert's size (the "active" size);
-- the floor: one plain 2-D `PositionwiseFFN` matmul over as many rows as the
-  MoE's expert buffers hold (`num_experts × capacity`), i.e. the same expert
-  FLOPs with no routing, no dispatch and no batched matmul. `MoE / floor` is
-  the cost of everything that makes the layer sparse.
+  dispatch differs).
 
 Each is timed as one XLA-compiled function computing the outputs, a loss, and
-the gradients with respect to every weight (no optimizer step). Medians of
-several runs. Targets from issue 3: time at 64 experts ≤ 1.3 × time at 8
-experts, and top-2 MoE ≤ 2.5 × the dense FFN of one expert's size.
+the gradients with respect to every weight (no optimizer step).
 
-    python benchmarks/moe_scaling.py                       # ~6 minutes on 2 cores
-    python benchmarks/moe_scaling.py --quick               # fewer repeats
-    python benchmarks/moe_scaling.py --batch 128 --max-dense-experts 16   # 16,384 tokens
+How it is measured, so that rows can be compared:
+- each expert count runs in its own Python processes (same start state for
+  the memory allocator; the dense mixture's gigabyte buffers, timed last,
+  cannot slow the next row), `--processes` of them, the rows interleaved
+  (4, 8, ..., 64, 4, 8, ...), and the table gives medians over them: the
+  same function differs by up to 10 % from one process to the next here;
+- within a process the variants are timed in turn, one call each per round,
+  after a warm-up; the figure is the median over the rounds, so that a slow
+  spell of the machine hits every variant alike.
+
+Targets from issue 3: time at 64 experts ≤ 1.3 × time at 8 experts, and top-2
+MoE ≤ 2.5 × the dense FFN of one expert's size.
+
+Memory allocator. TensorFlow's CPU allocator takes memory from glibc malloc,
+which returns blocks over 32 MB to the system on free and page-faults them
+in again on the next step. The MoE's weight gradients are `num_experts` times
+larger than one expert's (64 MB each at 64 experts), so that cost grows with
+the number of experts. `--allocator bfc` sets TensorFlow's
+`TF_CPU_ALLOCATOR_USE_BFC=true` (a pooling allocator that keeps freed memory)
+in the timed processes, to show the layer without it.
+
+    python benchmarks/moe_scaling.py                       # ~11 minutes on 2 cores
+    python benchmarks/moe_scaling.py --allocator bfc
+    python benchmarks/moe_scaling.py --quick               # fewer rounds
+    python benchmarks/moe_scaling.py --batch 128 --experts 8 64 --max-dense-experts 0
 """
 
 import argparse
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import ops  # noqa: E402
-
-from keras_transformer import MoE, PositionwiseFFN  # noqa: E402
+EXPERT_COUNTS = (4, 8, 16, 32, 64)
 
 
-class DenseMixture(keras.layers.Layer):
-    """Every expert on every token, weighted by sparse top-k gates (reference)."""
-
-    def __init__(self, moe, **kwargs):
-        super().__init__(**kwargs)
-        self.moe = moe  # borrows the MoE's weights: same experts, same router
-
-    def call(self, inputs):
-        moe, d = self.moe, inputs.shape[-1]
-        tokens = ops.reshape(inputs, (-1, d))  # [G, D]
-        probabilities = ops.softmax(ops.matmul(tokens, moe.router_kernel), axis=-1)
-        top, experts = ops.top_k(probabilities, moe.top_k)
-        top = top / ops.sum(top, axis=-1, keepdims=True)
-        gates = ops.sum(ops.one_hot(experts, moe.num_experts) * top[..., None], axis=1)
-        hidden = ops.relu(
-            ops.einsum("gd,edf->egf", tokens, moe.inner_kernel) + moe.inner_bias[:, None]
-        )  # [E, G, F]: every expert, every token
-        outputs = ops.einsum("egf,efd->egd", hidden, moe.output_kernel)
-        outputs = outputs + moe.output_bias[:, None]
-        mixed = ops.einsum("ge,egd->gd", gates, outputs)
-        return ops.reshape(mixed, ops.shape(inputs))
-
-
-def time_forward_backward(layer, x, repeats):
-    """Median seconds of one compiled forward+backward pass."""
-    layer(x)  # build
-
-    @tf.function(jit_compile=True)
-    def step(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(layer(x, training=True)))
-        return loss, tape.gradient(loss, layer.trainable_variables)
-
-    for _ in range(2):
-        tf.nest.map_structure(lambda t: t.numpy(), step(x))
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        tf.nest.map_structure(lambda t: t.numpy(), step(x))
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--max-dense-experts", type=int, default=64,
                         help="skip the dense mixture above this many experts (it is slow)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--expert-dim", type=int, default=1024)
-    args = parser.parse_args()
-    repeats = 3 if args.quick else 7
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--allocator", choices=("system", "bfc"), default="system",
+                        help="TensorFlow's CPU allocator in the timed processes")
+    parser.add_argument("--experts", type=int, nargs="+", default=list(EXPERT_COUNTS))
+    parser.add_argument("--processes", type=int, default=3,
+                        help="processes per row; rows are interleaved and their medians taken")
+    parser.add_argument("--row", type=int, help=argparse.SUPPRESS)  # child: one count
+    return parser.parse_args(argv)
+
+
+def measure_row(args):
+    """Times every variant for `args.row` experts; returns {name: seconds}."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    from keras_transformer import MoE, PositionwiseFFN
+
+    class DenseMixture(keras.layers.Layer):
+        """Every expert on every token, weighted by sparse top-k gates (reference)."""
+
+        def __init__(self, moe, **kwargs):
+            super().__init__(**kwargs)
+            self.moe = moe  # borrows the MoE's weights: same experts, same router
+
+        def call(self, inputs):
+            moe, d = self.moe, inputs.shape[-1]
+            tokens = ops.reshape(inputs, (-1, d))  # [G, D]
+            probabilities = ops.softmax(ops.matmul(tokens, moe.router_kernel), axis=-1)
+            top, experts = ops.top_k(probabilities, moe.top_k)
+            top = top / ops.sum(top, axis=-1, keepdims=True)
+            gates = ops.sum(ops.one_hot(experts, moe.num_experts) * top[..., None], axis=1)
+            hidden = ops.relu(
+                ops.einsum("gd,edf->egf", tokens, moe.inner_kernel) + moe.inner_bias[:, None]
+            )  # [E, G, F]: every expert, every token
+            outputs = ops.einsum("egf,efd->egd", hidden, moe.output_kernel)
+            outputs = outputs + moe.output_bias[:, None]
+            mixed = ops.einsum("ge,egd->gd", gates, outputs)
+            return ops.reshape(mixed, ops.shape(inputs))
+
+    def compiled_step(layer, x, weight_gradients=True):
+        """One XLA-compiled forward+backward call, warmed up; returns a timer.
+
+        `weight_gradients=False`: the gradient with respect to the input only.
+        """
+        layer(x)  # build
+
+        @tf.function(jit_compile=True)
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_mean(tf.square(layer(x, training=True)))
+            sources = layer.trainable_variables if weight_gradients else x
+            return loss, tape.gradient(loss, sources)
+
+        def run():
+            started = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), step(x))
+            return time.perf_counter() - started
+
+        run(), run()  # compile, warm up
+        return run
+
     keras.utils.set_random_seed(0)
+    num_experts, k = args.row, args.top_k
     x = tf.random.normal((args.batch, args.length, args.dim))
     tokens = args.batch * args.length
+    rows = num_experts * math.ceil(1.25 * tokens * k / num_experts)
+    moe = MoE(num_experts, args.expert_dim, top_k=k, capacity_factor=1.25)
+    timers = {
+        "ffn": compiled_step(PositionwiseFFN(args.expert_dim), x),
+        "active_ffn": compiled_step(PositionwiseFFN(k * args.expert_dim), x),
+        "moe": compiled_step(moe, x),
+        "moe_no_weight_gradients": compiled_step(moe, x, weight_gradients=False),
+        "moe_cf1": compiled_step(
+            MoE(num_experts, args.expert_dim, top_k=k, capacity_factor=1.0), x
+        ),
+        "floor": compiled_step(
+            PositionwiseFFN(args.expert_dim), tf.random.normal((1, rows, args.dim))
+        ),
+    }
+    rounds = 3 if args.quick else 9
+    times = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, run in timers.items():
+            times[name].append(run())
+    result = {name: statistics.median(values) for name, values in times.items()}
+    if num_experts <= args.max_dense_experts:  # last: its buffers are the largest
+        run = compiled_step(DenseMixture(moe), x)
+        result["dense_mixture"] = statistics.median(run() for _ in range(max(2, rounds // 3)))
+    return result
 
-    ffn = time_forward_backward(PositionwiseFFN(args.expert_dim), x, repeats)
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.row is not None:
+        print(json.dumps(measure_row(args)))
+        return
+    environment = dict(os.environ)
+    if args.allocator == "bfc":
+        environment["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    passed = list(argv if argv is not None else sys.argv[1:])
+    tokens = args.batch * args.length
+    rounds = 3 if args.quick else 9
     print(
-        f"{tokens} tokens of width {args.dim}, expert_dim {args.expert_dim}, top_k 2, "
-        "forward+backward, XLA, float32\n"
+        f"{tokens} tokens of width {args.dim}, expert_dim {args.expert_dim}, "
+        f"top_k {args.top_k}, forward+backward, XLA, float32, allocator: {args.allocator}; "
+        f"medians over {args.processes} processes per row of medians over {rounds} rounds\n",
+        flush=True,
     )
-    print(f"dense PositionwiseFFN({args.expert_dim}): {ffn * 1e3:.1f} ms "
-          f"({ffn / tokens * 1e6:.2f} µs/token)\n")
-    print("| experts | MoE cf=1.25 (ms) | µs/token | × FFN | floor (ms) | MoE / floor "
-          "| MoE cf=1.0 (ms) | × FFN | dense mixture (ms) | dense / MoE |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    results = {}
-    for num_experts in (4, 8, 16, 32, 64):
-        moe = MoE(num_experts, args.expert_dim, top_k=2, capacity_factor=1.25)
-        sparse = time_forward_backward(moe, x, repeats)
-        tight = time_forward_backward(
-            MoE(num_experts, args.expert_dim, top_k=2, capacity_factor=1.0), x, repeats
-        )
-        rows = num_experts * math.ceil(1.25 * tokens * 2 / num_experts)
-        floor = time_forward_backward(
-            PositionwiseFFN(args.expert_dim), tf.random.normal((1, rows, args.dim)), repeats
-        )
-        if num_experts > args.max_dense_experts:
-            dense_text, ratio_text = "–", "–"
-        else:
-            dense = time_forward_backward(DenseMixture(moe), x, max(2, repeats // 3))
-            dense_text, ratio_text = f"{dense * 1e3:.0f}", f"{dense / sparse:.1f}"
-        results[num_experts] = sparse
+    runs = {num_experts: [] for num_experts in args.experts}
+    for process in range(args.processes):  # rows interleaved: 4, 8, ..., 64, 4, 8, ...
+        for num_experts in args.experts:
+            command = [sys.executable, os.path.abspath(__file__), *passed,
+                       "--row", str(num_experts)]
+            if process > 0:  # the dense mixture once: it is slow and far off
+                command += ["--max-dense-experts", "0"]
+            child = subprocess.run(command, env=environment, capture_output=True, text=True)
+            if child.returncode != 0:
+                sys.exit(f"the row for {num_experts} experts failed:\n{child.stderr[-4000:]}")
+            runs[num_experts].append(json.loads(child.stdout.strip().splitlines()[-1]))
+
+    def median(num_experts, name):
+        values = [run[name] for run in runs[num_experts] if name in run]
+        return statistics.median(values) if values else None
+
+    print("| experts | MoE cf=1.25 (ms) | µs/token | × FFN | × active FFN | floor (ms) "
+          "| MoE / floor | MoE, input gradient only (ms) | MoE cf=1.0 (ms) | × FFN "
+          "| dense mixture (ms) | dense / MoE | FFN (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for num_experts in args.experts:
+        moe, ffn = median(num_experts, "moe"), median(num_experts, "ffn")
+        tight, floor = median(num_experts, "moe_cf1"), median(num_experts, "floor")
+        active, dense = median(num_experts, "active_ffn"), median(num_experts, "dense_mixture")
+        no_weights = median(num_experts, "moe_no_weight_gradients")
+        dense_text = "–" if dense is None else f"{dense * 1e3:.0f}"
+        ratio_text = "–" if dense is None else f"{dense / moe:.1f}"
         print(
-            f"| {num_experts} | {sparse * 1e3:.1f} | {sparse / tokens * 1e6:.2f} | "
-            f"{sparse / ffn:.2f} | {floor * 1e3:.1f} | {sparse / floor:.2f} | "
-            f"{tight * 1e3:.1f} | {tight / ffn:.2f} | "
-            f"{dense_text} | {ratio_text} |",
-            flush=True,
+            f"| {num_experts} | {moe * 1e3:.1f} | {moe / tokens * 1e6:.2f} | "
+            f"{moe / ffn:.2f} | {moe / active:.2f} | {floor * 1e3:.1f} | {moe / floor:.2f} | "
+            f"{no_weights * 1e3:.1f} | {tight * 1e3:.1f} | {tight / ffn:.2f} | "
+            f"{dense_text} | {ratio_text} | "
+            f"{ffn * 1e3:.1f} |"
         )
-    print(
-        f"\ntime at 64 experts / time at 8 experts (cf=1.25): "
-        f"{results[64] / results[8]:.2f} (target ≤ 1.3)"
-    )
-    print(f"top-2 MoE (8 experts, cf=1.25) / dense FFN: {results[8] / ffn:.2f} (target ≤ 2.5)")
+    if 8 in runs and 64 in runs:
+        each = [a["moe"] / b["moe"] for a, b in zip(runs[64], runs[8])]
+        print(
+            "\ntime at 64 experts / time at 8 experts (cf=1.25): "
+            f"{median(64, 'moe') / median(8, 'moe'):.2f} (target ≤ 1.3); "
+            f"per process pair: {', '.join(f'{r:.2f}' for r in each)}"
+        )
+    if 8 in runs:
+        each = [run["moe"] / run["ffn"] for run in runs[8]]
+        print(
+            "top-2 MoE (8 experts) / dense FFN of one expert: cf=1.25 "
+            f"{median(8, 'moe') / median(8, 'ffn'):.2f} "
+            f"(per process: {', '.join(f'{r:.2f}' for r in each)}), "
+            f"cf=1.0 {median(8, 'moe_cf1') / median(8, 'ffn'):.2f} (target ≤ 2.5)"
+        )
 
 
 if __name__ == "__main__":
