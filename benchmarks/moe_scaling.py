@@ -25,7 +25,7 @@ How it is measured, so that rows can be compared:
   the memory allocator; the dense mixture's gigabyte buffers, timed last,
   cannot slow the next row), `--processes` of them, the rows interleaved
   (4, 8, ..., 64, 4, 8, ...), and the table gives medians over them: the
-  same function differs by up to 10 % from one process to the next here;
+  same function can differ by 10 % or more from one process to the next here;
 - within a process the variants are timed in turn, one call each per round,
   after a warm-up; the figure is the median over the rounds, so that a slow
   spell of the machine hits every variant alike.
