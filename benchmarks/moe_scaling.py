@@ -20,6 +20,15 @@ Our sparse `MoE` (top-2, expert_dim fixed) for num_experts in {4, 8, 16, 32,
 Each is timed as one XLA-compiled function computing the outputs, a loss, and
 the gradients with respect to every weight (no optimizer step).
 
+`--inference` times the forward pass at inference instead (`training=False`,
+the default `eval_capacity_factor=None`: no token dropped, so each expert's
+buffer could hold every token): the MoE, the MoE with that one buffer of
+`tokens` rows per expert run whole (how the layer computed before it cut the
+buffer into chunks that run only when some expert's load reaches them), the
+two FFNs and the dense mixture. It also reports the rows the chunks computed
+(`num_experts ×` the end of the last chunk run) against the `top_k × tokens`
+that hold tokens.
+
 How it is measured, so that rows can be compared:
 - each expert count runs in its own Python processes (same start state for
   the memory allocator; the dense mixture's gigabyte buffers, timed last,
@@ -45,6 +54,7 @@ in the timed processes, to show the layer without it.
     python benchmarks/moe_scaling.py --allocator bfc
     python benchmarks/moe_scaling.py --quick               # fewer rounds
     python benchmarks/moe_scaling.py --batch 128 --experts 8 64 --max-dense-experts 0
+    python benchmarks/moe_scaling.py --inference            # ~6 minutes
 """
 
 import argparse
@@ -72,6 +82,8 @@ def parse_args(argv=None):
     parser.add_argument("--allocator", choices=("system", "bfc"), default="system",
                         help="TensorFlow's CPU allocator in the timed processes")
     parser.add_argument("--experts", type=int, nargs="+", default=list(EXPERT_COUNTS))
+    parser.add_argument("--inference", action="store_true",
+                        help="time the forward pass at inference (no dropping) instead")
     parser.add_argument("--processes", type=int, default=3,
                         help="processes per row; rows are interleaved and their medians taken")
     parser.add_argument("--row", type=int, help=argparse.SUPPRESS)  # child: one count
@@ -83,6 +95,7 @@ def measure_row(args):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
+    import numpy as np
     import tensorflow as tf
     from keras import ops
 
@@ -110,15 +123,24 @@ def measure_row(args):
             mixed = ops.einsum("ge,egd->gd", gates, outputs)
             return ops.reshape(mixed, ops.shape(inputs))
 
+    class OneBufferMoE(MoE):
+        """The MoE with its expert buffers run whole, never in chunks (reference)."""
+
+        def _chunk_bounds(self, num_tokens, capacity, training):
+            return [(0, capacity)]
+
     def compiled_step(layer, x, weight_gradients=True):
         """One XLA-compiled forward+backward call, warmed up; returns a timer.
 
         `weight_gradients=False`: the gradient with respect to the input only.
+        With `--inference`: the forward pass at inference only.
         """
         layer(x)  # build
 
         @tf.function(jit_compile=True)
         def step(x):
+            if args.inference:
+                return layer(x, training=False)
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 loss = tf.reduce_mean(tf.square(layer(x, training=True)))
@@ -139,24 +161,45 @@ def measure_row(args):
     tokens = args.batch * args.length
     rows = num_experts * math.ceil(1.25 * tokens * k / num_experts)
     moe = MoE(num_experts, args.expert_dim, top_k=k, capacity_factor=1.25)
-    timers = {
-        "ffn": compiled_step(PositionwiseFFN(args.expert_dim), x),
-        "active_ffn": compiled_step(PositionwiseFFN(k * args.expert_dim), x),
-        "moe": compiled_step(moe, x),
-        "moe_no_weight_gradients": compiled_step(moe, x, weight_gradients=False),
-        "moe_cf1": compiled_step(
-            MoE(num_experts, args.expert_dim, top_k=k, capacity_factor=1.0), x
-        ),
-        "floor": compiled_step(
-            PositionwiseFFN(args.expert_dim), tf.random.normal((1, rows, args.dim))
-        ),
-    }
+    if args.inference:
+        moe(x)
+        one_buffer = OneBufferMoE(num_experts, args.expert_dim, top_k=k)
+        one_buffer(x)
+        one_buffer.set_weights(moe.get_weights())
+        timers = {
+            "ffn": compiled_step(PositionwiseFFN(args.expert_dim), x),
+            "active_ffn": compiled_step(PositionwiseFFN(k * args.expert_dim), x),
+            "moe": compiled_step(moe, x),
+            "one_buffer": compiled_step(one_buffer, x),
+        }
+    else:
+        timers = {
+            "ffn": compiled_step(PositionwiseFFN(args.expert_dim), x),
+            "active_ffn": compiled_step(PositionwiseFFN(k * args.expert_dim), x),
+            "moe": compiled_step(moe, x),
+            "moe_no_weight_gradients": compiled_step(moe, x, weight_gradients=False),
+            "moe_cf1": compiled_step(
+                MoE(num_experts, args.expert_dim, top_k=k, capacity_factor=1.0), x
+            ),
+            "floor": compiled_step(
+                PositionwiseFFN(args.expert_dim), tf.random.normal((1, rows, args.dim))
+            ),
+        }
     rounds = 3 if args.quick else 9
     times = {name: [] for name in timers}
     for _ in range(rounds):
         for name, run in timers.items():
             times[name].append(run())
     result = {name: statistics.median(values) for name, values in times.items()}
+    if args.inference:  # rows the chunks computed: up to the end of the last chunk run
+        routing = {name: ops.convert_to_numpy(value)
+                   for name, value in moe.compute_routing(x).items()}
+        chosen = routing["expert_index"][routing["kept"]]
+        busiest = int(max(np.bincount(chosen, minlength=num_experts)))
+        chunks = moe._chunk_bounds(tokens, tokens, training=False)
+        ends = [hi for lo, hi in chunks if lo == 0 or busiest > lo]
+        result["rows"] = num_experts * max(ends)
+        result["busiest"] = busiest
     if num_experts <= args.max_dense_experts:  # last: its buffers are the largest
         run = compiled_step(DenseMixture(moe), x)
         result["dense_mixture"] = statistics.median(run() for _ in range(max(2, rounds // 3)))
@@ -176,7 +219,8 @@ def main(argv=None):
     rounds = 3 if args.quick else 9
     print(
         f"{tokens} tokens of width {args.dim}, expert_dim {args.expert_dim}, "
-        f"top_k {args.top_k}, forward+backward, XLA, float32, allocator: {args.allocator}; "
+        f"top_k {args.top_k}, {'inference forward' if args.inference else 'forward+backward'}, "
+        f"XLA, float32, allocator: {args.allocator}; "
         f"medians over {args.processes} processes per row of medians over {rounds} rounds\n",
         flush=True,
     )
@@ -196,6 +240,9 @@ def main(argv=None):
         values = [run[name] for run in runs[num_experts] if name in run]
         return statistics.median(values) if values else None
 
+    if args.inference:
+        print_inference_table(args, runs, median, tokens)
+        return
     print("| experts | MoE cf=1.25 (ms) | µs/token | × FFN | × active FFN | floor (ms) "
           "| MoE / floor | MoE, input gradient only (ms) | MoE cf=1.0 (ms) | × FFN "
           "| dense mixture (ms) | dense / MoE | FFN (ms) |")
@@ -228,6 +275,28 @@ def main(argv=None):
             f"{median(8, 'moe') / median(8, 'ffn'):.2f} "
             f"(per process: {', '.join(f'{r:.2f}' for r in each)}), "
             f"cf=1.0 {median(8, 'moe_cf1') / median(8, 'ffn'):.2f} (target ≤ 2.5)"
+        )
+
+
+def print_inference_table(args, runs, median, tokens):
+    print("| experts | MoE (ms) | × FFN | × active FFN | rows computed "
+          "| rows / (top_k × tokens) | busiest expert / mean load "
+          "| one buffer of tokens rows (ms) | one buffer / MoE "
+          "| dense mixture (ms) | dense / MoE | FFN (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for num_experts in args.experts:
+        moe, ffn = median(num_experts, "moe"), median(num_experts, "ffn")
+        active, whole = median(num_experts, "active_ffn"), median(num_experts, "one_buffer")
+        dense = median(num_experts, "dense_mixture")
+        rows, busiest = runs[num_experts][0]["rows"], runs[num_experts][0]["busiest"]
+        mean_load = tokens * args.top_k / num_experts
+        dense_text = "–" if dense is None else f"{dense * 1e3:.0f}"
+        ratio_text = "–" if dense is None else f"{dense / moe:.1f}"
+        print(
+            f"| {num_experts} | {moe * 1e3:.1f} | {moe / ffn:.2f} | {moe / active:.2f} | "
+            f"{rows:,} | {rows / (tokens * args.top_k):.2f} | {busiest / mean_load:.2f} | "
+            f"{whole * 1e3:.0f} | {whole / moe:.1f} | {dense_text} | {ratio_text} | "
+            f"{ffn * 1e3:.1f} |"
         )
 
 

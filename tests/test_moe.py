@@ -129,6 +129,100 @@ def test_overflow_of_second_choices_keeps_earlier_tokens_first_choices():
     np.testing.assert_array_equal(kept[:, 1], [True, True] + [False] * 6)
 
 
+def _tokens_to_experts(experts):
+    """`(1, len(experts), E)` inputs that the one-hot router sends to `experts`."""
+    x = np.zeros((1, len(experts), E), "float32")
+    x[0, np.arange(len(experts)), experts] = 1.0
+    return x + np.random.default_rng(5).normal(scale=0.01, size=x.shape).astype("float32")
+
+
+def _top_1_by_hand(layer, x):
+    probabilities, _ = _router_probabilities(layer, x)
+    chosen = probabilities.argmax(-1)
+    outputs = np.take_along_axis(_experts(layer, x), chosen[..., None, None], axis=2)[:, :, 0]
+    return outputs * probabilities.max(-1, keepdims=True)
+
+
+def test_capacity_chunks_grow_by_half_from_the_mean_load():
+    # No dropping (capacity = tokens): 4,096 tokens, 64 experts, top-2, mean load 128.
+    layer = MoE(num_experts=64, expert_dim=F, top_k=2)
+    bounds = [128 * 1.5**j for j in range(1, 9)]  # 1.5⁸ = 25.6 < 64 / 2 ≤ 1.5⁹
+    expected = [0, *(int(np.ceil(b)) for b in bounds), 4096]
+    assert layer._chunk_bounds(4096, 4096, training=False) == list(
+        zip(expected[:-1], expected[1:])
+    )
+    # The default training capacity (1.25 × the mean load) is one chunk.
+    assert layer._chunk_bounds(4096, 160, training=True) == [(0, 160)]
+    # A dynamic token count gives as many chunks, as tensors.
+    dynamic = layer._chunk_bounds(tf.constant(4096), tf.constant(4096), training=False)
+    assert [(int(lo), int(hi)) for lo, hi in dynamic] == list(zip(expected[:-1], expected[1:]))
+
+
+@pytest.mark.parametrize(
+    "experts, chunks_run",
+    [
+        ([0, 1, 2, 3] * 6, [(0, 9)]),  # balanced: 6 each, within the first chunk
+        ([0] * 10 + [1, 2, 3] * 4 + [1, 2], [(0, 9), (9, 14)]),  # busiest: 10
+        ([0] * 24, [(0, 9), (9, 14), (14, 21), (21, 24)]),  # all to one expert
+    ],
+)
+def test_inference_runs_only_the_chunks_the_busiest_expert_reaches(experts, chunks_run):
+    # 24 tokens, top-1 over 4 experts, no dropping: mean load 6, chunks
+    # [0, 9), [9, 14), [14, 21), [21, 24) (1.5, 2.25 and 3.375 × the mean).
+    layer = MoE(num_experts=E, expert_dim=F, top_k=1)
+    _one_hot_router(layer, E)
+    x = _tokens_to_experts(experts)
+    assert layer._chunk_bounds(24, 24, training=False) == [(0, 9), (9, 14), (14, 21), (21, 24)]
+    run_chunk, seen = layer._run_chunk, []
+
+    def recording(padded_tokens, token_index, routing, lo, hi, training):
+        seen.append((int(lo), int(hi)))
+        return run_chunk(padded_tokens, token_index, routing, lo, hi, training)
+
+    layer._run_chunk = recording
+    out = _np(layer(x))  # eager: `cond` runs one branch
+    del layer._run_chunk
+    assert seen == chunks_run
+    np.testing.assert_allclose(out, _top_1_by_hand(layer, x), atol=1e-5)
+    # Compiled, with the token count unknown when traced: the same outputs.
+    compiled = tf.function(
+        lambda x: layer(x), jit_compile=True, input_signature=[tf.TensorSpec((None, None, E))]
+    )
+    np.testing.assert_allclose(_np(compiled(x)), out, atol=1e-5)
+
+
+def test_gradients_through_several_chunks_equal_the_dense_mixture():
+    # 24 tokens, top-2, capacity_factor=4 in training: capacity 24 (every
+    # token), chunks [0, 18) and [18, 24); expert 0's load of 20 runs both.
+    layer = MoE(num_experts=E, expert_dim=F, top_k=2, capacity_factor=4.0)
+    _one_hot_router(layer, E)
+    x = tf.constant(_tokens_to_experts([0] * 20 + [1, 2, 3, 1]))
+    assert layer._chunk_bounds(24, 24, training=True) == [(0, 18), (18, 24)]
+
+    def dense_mixture(x):  # every expert on every token, gated by the top 2
+        probabilities = tf.nn.softmax(tf.einsum("btd,de->bte", x, layer.router_kernel))
+        top, _ = tf.math.top_k(probabilities, 2)
+        gates = tf.where(probabilities >= top[..., -1:], probabilities, 0.0)
+        gates /= tf.reduce_sum(gates, -1, keepdims=True)
+        hidden = tf.nn.relu(tf.einsum("btd,edf->btef", x, layer.inner_kernel) + layer.inner_bias)
+        outputs = tf.einsum("btef,efd->bted", hidden, layer.output_kernel) + layer.output_bias
+        return tf.einsum("bte,bted->btd", gates, outputs)
+
+    def gradients(function):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(function(x) ** 2)
+        return tape.gradient(loss, layer.trainable_variables)
+
+    expected = gradients(dense_mixture)
+    eager = gradients(lambda x: layer(x, training=True))
+    compiled = tf.function(lambda: gradients(lambda x: layer(x, training=True)), jit_compile=True)()
+    for name, want, got, got_compiled in zip(
+        [w.name for w in layer.trainable_weights], expected, eager, compiled
+    ):
+        np.testing.assert_allclose(_np(got), _np(want), atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(_np(got_compiled), _np(want), atol=1e-4, err_msg=name)
+
+
 def test_aux_and_z_losses_equal_the_formulas_and_only_in_training():
     layer = MoE(num_experts=E, expert_dim=F, top_k=2, aux_loss_weight=0.5, z_loss_weight=0.25)
     layer(X)

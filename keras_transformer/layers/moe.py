@@ -29,7 +29,12 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
     gathered into a per-expert buffer of static size `capacity`, with one
     batched matmul over the experts, and the results are scattered back. The
     expert work is `num_experts × capacity ≈ capacity_factor × tokens × top_k`
-    rows: it grows with `top_k`, not with `num_experts`.
+    rows: it grows with `top_k`, not with `num_experts`. Where the capacity
+    exceeds 1.5× the mean load (no dropping at inference, or a large
+    `capacity_factor`), the buffer runs in chunks of positions (up to 1.5×,
+    2.25×, ... the mean load) and a chunk that no expert's load reaches is
+    skipped: the work is then at most `num_experts × 1.5 × the busiest
+    expert's load` rows, not `num_experts × tokens`.
 
     Capacity: `capacity = ceil(capacity_factor × tokens × top_k / num_experts)`
     in training (tokens = batch × length). An expert that is sent more tokens
@@ -286,36 +291,98 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
             "z_loss": z_loss,
         }
 
+    def _chunk_bounds(self, num_tokens, capacity, training):
+        """Splits `[0, capacity)` into chunks: `[(0, b₁), (b₁, b₂), ..., (bₘ, capacity)]`.
+
+        `bⱼ = ceil(1.5ʲ × mean load)`, mean load = `tokens × top_k /
+        num_experts`, for every `1.5ʲ` below the capacity factor (`num_experts
+        / top_k` when nothing is dropped). At the default `capacity_factor=1.25`
+        this is one chunk, the whole buffer. The number of chunks is static
+        (it depends on the configuration only); with a dynamic token count
+        the bounds are tensors, and a chunk may be empty.
+        """
+        factor = self.capacity_factor if training else self.eval_capacity_factor
+        ratio = self.num_experts / self.top_k if factor is None else factor
+        steps = 0
+        while _CHUNK_GROWTH ** (steps + 1) < ratio:
+            steps += 1
+        scale = self.top_k / self.num_experts
+        if isinstance(num_tokens, int) and isinstance(capacity, int):
+            bounds = [math.ceil(_CHUNK_GROWTH**j * num_tokens * scale) for j in range(1, steps + 1)]
+            bounds = sorted({b for b in bounds if 0 < b < capacity})
+        else:
+            mean_load = ops.cast(num_tokens, "float32") * scale
+            bounds = [
+                ops.minimum(ops.cast(ops.ceil(_CHUNK_GROWTH**j * mean_load), "int32"), capacity)
+                for j in range(1, steps + 1)
+            ]
+        bounds = [0, *bounds, capacity]
+        return list(zip(bounds[:-1], bounds[1:]))
+
     def _dispatch_and_combine(self, tokens, routing, training):
-        """Gathers tokens into `(E, capacity, D)`, runs the experts, scatters back."""
-        num_experts, k, dim = self.num_experts, self.top_k, tokens.shape[-1]
-        capacity = routing["capacity"]
-        slots = num_experts * capacity
-        # Each kept assignment owns one slot; dropped ones point past the end.
-        slot = ops.where(
-            routing["kept"], routing["expert"] * capacity + routing["position"], slots
-        )  # [G·k]
+        """Runs the experts on their tokens, chunk by chunk of the capacity axis.
+
+        Chunk `[lo, hi)` holds, for every expert, the tokens it was sent at
+        positions `lo ≤ position < hi`. The first chunk always runs; a later
+        one runs only if some expert's load reaches it (a `cond`), so that the
+        work follows the busiest expert's load rather than the capacity.
+        Without dropping at inference (capacity = tokens) that is the
+        difference between `num_experts × tokens` rows and about
+        `1.5 × top_k × tokens` when the load is balanced.
+        """
+        k, dim = self.top_k, tokens.shape[-1]
         token_index = ops.repeat(ops.arange(ops.shape(tokens)[0], dtype="int32"), k)
-        # slot → 1 + the token in it (0: empty); scatter adds, slots are unique.
-        slot_token = ops.scatter(
-            ops.expand_dims(slot, 1), token_index + 1, (slots + 1,)
-        )[:slots]
         padded_tokens = ops.concatenate([ops.zeros((1, dim), tokens.dtype), tokens], axis=0)
-        expert_inputs = ops.reshape(
-            ops.take(padded_tokens, slot_token, axis=0), (num_experts, capacity, dim)
-        )  # [E, C, D]
-        hidden = ops.einsum("ecd,edf->ecf", expert_inputs, self.inner_kernel)
-        hidden = self.activation(hidden + ops.expand_dims(self.inner_bias, 1))  # [E, C, F]
-        hidden = self._dropout_layer(hidden, training=training)
-        expert_outputs = ops.einsum("ecf,efd->ecd", hidden, self.output_kernel)
-        expert_outputs = expert_outputs + ops.expand_dims(self.output_bias, 1)  # [E, C, D]
-        # One zero row at index `slots` for the dropped and padding assignments.
-        flat_outputs = ops.concatenate(
-            [ops.reshape(expert_outputs, (-1, dim)), ops.zeros((1, dim), tokens.dtype)], axis=0
-        )
-        combined = ops.take(flat_outputs, slot, axis=0)  # [G·k, D]
+        max_load = ops.max(routing["kept_per_expert"])
+        chunks = self._chunk_bounds(ops.shape(tokens)[0], routing["capacity"], training)
+        combined = None
+        for lo, hi in chunks:
+
+            def run(lo=lo, hi=hi):
+                return self._run_chunk(padded_tokens, token_index, routing, lo, hi, training)
+
+            if combined is None:
+                combined = run()
+            else:
+                combined = combined + ops.cond(
+                    max_load > lo, run, lambda: ops.zeros_like(combined)
+                )
         combined = combined * ops.expand_dims(ops.cast(routing["gates"], combined.dtype), 1)
         return ops.sum(ops.reshape(combined, (-1, k, dim)), axis=1)  # [G, D]
+
+    def _run_chunk(self, padded_tokens, token_index, routing, lo, hi, training):
+        """The experts on the assignments at positions `[lo, hi)`: `(G·k, D)`, zero elsewhere.
+
+        Gathers them into `(E, hi - lo, D)`, runs the experts as one batched
+        matmul and gathers each assignment's output back (ungated).
+        """
+        num_experts, dim = self.num_experts, padded_tokens.shape[-1]
+        size = hi - lo
+        slots = num_experts * size
+        position = routing["position"]
+        in_chunk = routing["kept"]  # kept: position < capacity
+        if not (isinstance(lo, int) and lo == 0):
+            in_chunk = ops.logical_and(in_chunk, position >= lo)
+        if hi is not routing["capacity"]:
+            in_chunk = ops.logical_and(in_chunk, position < hi)
+        # Each assignment in the chunk owns one slot; the others point past the end.
+        slot = ops.where(in_chunk, routing["expert"] * size + position - lo, slots)  # [G·k]
+        # slot → 1 + the token in it (0: empty); scatter adds, slots are unique.
+        slot_token = ops.scatter(ops.expand_dims(slot, 1), token_index + 1, (slots + 1,))[:slots]
+        expert_inputs = ops.reshape(
+            ops.take(padded_tokens, slot_token, axis=0), (num_experts, size, dim)
+        )  # [E, hi - lo, D]
+        hidden = ops.einsum("ecd,edf->ecf", expert_inputs, self.inner_kernel)
+        hidden = self.activation(hidden + ops.expand_dims(self.inner_bias, 1))  # [E, ., F]
+        hidden = self._dropout_layer(hidden, training=training)
+        expert_outputs = ops.einsum("ecf,efd->ecd", hidden, self.output_kernel)
+        expert_outputs = expert_outputs + ops.expand_dims(self.output_bias, 1)  # [E, ., D]
+        # One zero row at index `slots` for the assignments outside the chunk.
+        flat_outputs = ops.concatenate(
+            [ops.reshape(expert_outputs, (-1, dim)), ops.zeros((1, dim), expert_outputs.dtype)],
+            axis=0,
+        )
+        return ops.take(flat_outputs, slot, axis=0)  # [G·k, D]
 
     def compute_output_shape(self, inputs_shape):
         return tuple(inputs_shape)
@@ -337,6 +404,11 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
             }
         )
         return config
+
+
+# Growth of the capacity chunks: a chunk runs only when some expert's load
+# reaches it, so the rows computed stay within 1.5× the busiest expert's load.
+_CHUNK_GROWTH = 1.5
 
 
 def _check(ok, name, value, expected):
