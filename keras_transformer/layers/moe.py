@@ -327,8 +327,9 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
         one runs only if some expert's load reaches it (a `cond`), so that the
         work follows the busiest expert's load rather than the capacity.
         Without dropping at inference (capacity = tokens) that is the
-        difference between `num_experts × tokens` rows and about
-        `1.5 × top_k × tokens` when the load is balanced.
+        difference between `num_experts × tokens` rows and
+        `1.5 × top_k × tokens` while the busiest expert's load is within 1.5×
+        the mean.
         """
         k, dim = self.top_k, tokens.shape[-1]
         token_index = ops.repeat(ops.arange(ops.shape(tokens)[0], dtype="int32"), k)
