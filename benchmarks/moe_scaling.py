@@ -55,6 +55,18 @@ in the timed processes, to show the layer without it.
     python benchmarks/moe_scaling.py --quick               # fewer rounds
     python benchmarks/moe_scaling.py --batch 128 --experts 8 64 --max-dense-experts 0
     python benchmarks/moe_scaling.py --inference            # ~6 minutes
+
+Backend. The layers are written with `keras.ops`, so `--backend jax` times the
+same layer code under Keras's JAX backend (`jax.jit` of `stateless_call` and
+`jax.value_and_grad` in place of `tf.function(jit_compile=True)` and a
+gradient tape). That is how it ran on a GPU machine that has JAX but no
+TensorFlow (with `keras`, `namex` and `optree` added, and the repository on
+`PYTHONPATH`); `scripts/check_moe_jax.py` checks the layer's values there
+first. `--allocator` applies to TensorFlow only.
+
+    PYTHONPATH=. python benchmarks/moe_scaling.py --backend jax
+    python benchmarks/moe_scaling.py --backend jax --batch 64 --length 512 \
+        --dim 1024 --expert-dim 4096 --experts 8 64 --max-dense-experts 8
 """
 
 import argparse
@@ -79,6 +91,12 @@ def parse_args(argv=None):
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--expert-dim", type=int, default=1024)
     parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--max-one-buffer-experts", type=int, default=64,
+                        help="--inference: skip the one-buffer reference above this many "
+                             "experts (its buffer holds num_experts × tokens rows)")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
+                        help="Keras backend of the timed processes (jax: for a GPU machine "
+                             "without TensorFlow; the layers are written with keras.ops)")
     parser.add_argument("--allocator", choices=("system", "bfc"), default="system",
                         help="TensorFlow's CPU allocator in the timed processes")
     parser.add_argument("--experts", type=int, nargs="+", default=list(EXPERT_COUNTS))
@@ -92,11 +110,10 @@ def parse_args(argv=None):
 
 def measure_row(args):
     """Times every variant for `args.row` experts; returns {name: seconds}."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import numpy as np
-    import tensorflow as tf
     from keras import ops
 
     from keras_transformer import MoE, PositionwiseFFN
@@ -108,7 +125,7 @@ def measure_row(args):
             super().__init__(**kwargs)
             self.moe = moe  # borrows the MoE's weights: same experts, same router
 
-        def call(self, inputs):
+        def call(self, inputs, training=None):
             moe, d = self.moe, inputs.shape[-1]
             tokens = ops.reshape(inputs, (-1, d))  # [G, D]
             probabilities = ops.softmax(ops.matmul(tokens, moe.router_kernel), axis=-1)
@@ -136,6 +153,19 @@ def measure_row(args):
         With `--inference`: the forward pass at inference only.
         """
         layer(x)  # build
+        build = jax_step if args.backend == "jax" else tensorflow_step
+        call = build(layer, x, weight_gradients)
+
+        def run():
+            started = time.perf_counter()
+            call()
+            return time.perf_counter() - started
+
+        run(), run()  # compile, warm up
+        return run
+
+    def tensorflow_step(layer, x, weight_gradients):
+        import tensorflow as tf
 
         @tf.function(jit_compile=True)
         def step(x):
@@ -147,37 +177,59 @@ def measure_row(args):
             sources = layer.trainable_variables if weight_gradients else x
             return loss, tape.gradient(loss, sources)
 
-        def run():
-            started = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), step(x))
-            return time.perf_counter() - started
+        return lambda: tf.nest.map_structure(lambda t: t.numpy(), step(x))
 
-        run(), run()  # compile, warm up
-        return run
+    def jax_step(layer, x, weight_gradients):
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def forward(trainable, x, training):
+            outputs, _ = layer.stateless_call(trainable, non_trainable, x, training=training)
+            return outputs
+
+        if args.inference:
+            step = jax.jit(lambda trainable, x: forward(trainable, x, False))
+        else:
+            def loss(trainable, x):
+                return ops.mean(ops.square(forward(trainable, x, True)))
+
+            step = jax.jit(jax.value_and_grad(loss, argnums=0 if weight_gradients else 1))
+        return lambda: jax.block_until_ready(step(trainable, x))
+
+    def random_normal(shape, seed):
+        """The inputs; under TensorFlow the global-seed draws the tables were measured on."""
+        if args.backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.random.normal(shape)
+        return keras.random.normal(shape, seed=seed)
 
     keras.utils.set_random_seed(0)
     num_experts, k = args.row, args.top_k
-    x = tf.random.normal((args.batch, args.length, args.dim))
+    x = random_normal((args.batch, args.length, args.dim), seed=0)
     tokens = args.batch * args.length
     rows = num_experts * math.ceil(1.25 * tokens * k / num_experts)
     moe = MoE(num_experts, args.expert_dim, top_k=k, capacity_factor=1.25)
+    moe(x)  # its weights drawn first: the router the inference table was measured with
     timers = {
         "ffn": compiled_step(PositionwiseFFN(args.expert_dim), x),
         "active_ffn": compiled_step(PositionwiseFFN(k * args.expert_dim), x),
         "moe": compiled_step(moe, x),
     }
-    if args.inference:
+    if args.inference and num_experts <= args.max_one_buffer_experts:
         one_buffer = OneBufferMoE(num_experts, args.expert_dim, top_k=k)
         one_buffer(x)
         one_buffer.set_weights(moe.get_weights())
         timers["one_buffer"] = compiled_step(one_buffer, x)
-    else:
+    if not args.inference:
         timers["moe_no_weight_gradients"] = compiled_step(moe, x, weight_gradients=False)
         timers["moe_cf1"] = compiled_step(
             MoE(num_experts, args.expert_dim, top_k=k, capacity_factor=1.0), x
         )
         timers["floor"] = compiled_step(
-            PositionwiseFFN(args.expert_dim), tf.random.normal((1, rows, args.dim))
+            PositionwiseFFN(args.expert_dim), random_normal((1, rows, args.dim), seed=1)
         )
     rounds = 3 if args.quick else 9
     times = {name: [] for name in timers}
@@ -185,6 +237,7 @@ def measure_row(args):
         for name, run in timers.items():
             times[name].append(run())
     result = {name: statistics.median(values) for name, values in times.items()}
+    result["device"] = device_name(args.backend)
     if args.inference:  # rows the chunks computed: up to the end of the last chunk run
         routing = {name: ops.convert_to_numpy(value)
                    for name, value in moe.compute_routing(x).items()}
@@ -198,6 +251,28 @@ def measure_row(args):
         run = compiled_step(DenseMixture(moe), x)
         result["dense_mixture"] = statistics.median(run() for _ in range(max(2, rounds // 3)))
     return result
+
+
+def ms(seconds):
+    """Milliseconds, at least three significant figures: 255.3, 17.4, 0.512; "–" if None."""
+    if seconds is None:
+        return "–"
+    value = seconds * 1e3
+    return f"{value:,.{max(1, 2 - math.floor(math.log10(value)))}f}"
+
+
+def device_name(backend):
+    """What the timed functions ran on, e.g. 'NVIDIA H100 80GB HBM3' or 'cpu'."""
+    if backend == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "cpu"
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
 
 
 def main(argv=None):
@@ -214,7 +289,8 @@ def main(argv=None):
     print(
         f"{tokens} tokens of width {args.dim}, expert_dim {args.expert_dim}, "
         f"top_k {args.top_k}, {'inference forward' if args.inference else 'forward+backward'}, "
-        f"XLA, float32, allocator: {args.allocator}; "
+        f"Keras backend {args.backend}, XLA, float32"
+        f"{f', allocator: {args.allocator}' if args.backend == 'tensorflow' else ''}; "
         f"medians over {args.processes} processes per row of medians over {rounds} rounds\n",
         flush=True,
     )
@@ -228,12 +304,16 @@ def main(argv=None):
             child = subprocess.run(command, env=environment, capture_output=True, text=True)
             if child.returncode != 0:
                 sys.exit(f"the row for {num_experts} experts failed:\n{child.stderr[-4000:]}")
-            runs[num_experts].append(json.loads(child.stdout.strip().splitlines()[-1]))
+            run = json.loads(child.stdout.strip().splitlines()[-1])
+            runs[num_experts].append(run)
+            print(f"  {num_experts} experts, process {process + 1}: MoE {ms(run['moe'])} ms, "
+                  f"FFN {ms(run['ffn'])} ms", file=sys.stderr, flush=True)
 
     def median(num_experts, name):
         values = [run[name] for run in runs[num_experts] if name in run]
         return statistics.median(values) if values else None
 
+    print(f"device: {runs[args.experts[0]][0]['device']}\n")
     if args.inference:
         print_inference_table(args, runs, median, tokens)
         return
@@ -246,14 +326,12 @@ def main(argv=None):
         tight, floor = median(num_experts, "moe_cf1"), median(num_experts, "floor")
         active, dense = median(num_experts, "active_ffn"), median(num_experts, "dense_mixture")
         no_weights = median(num_experts, "moe_no_weight_gradients")
-        dense_text = "–" if dense is None else f"{dense * 1e3:.0f}"
         ratio_text = "–" if dense is None else f"{dense / moe:.1f}"
         print(
-            f"| {num_experts} | {moe * 1e3:.1f} | {moe / tokens * 1e6:.2f} | "
-            f"{moe / ffn:.2f} | {moe / active:.2f} | {floor * 1e3:.1f} | {moe / floor:.2f} | "
-            f"{no_weights * 1e3:.1f} | {tight * 1e3:.1f} | {tight / ffn:.2f} | "
-            f"{dense_text} | {ratio_text} | "
-            f"{ffn * 1e3:.1f} |"
+            f"| {num_experts} | {ms(moe)} | {moe / tokens * 1e6:.2f} | "
+            f"{moe / ffn:.2f} | {moe / active:.2f} | {ms(floor)} | {moe / floor:.2f} | "
+            f"{ms(no_weights)} | {ms(tight)} | {tight / ffn:.2f} | "
+            f"{ms(dense)} | {ratio_text} | {ms(ffn)} |"
         )
     if 8 in runs and 64 in runs:
         each = [a["moe"] / b["moe"] for a, b in zip(runs[64], runs[8])]
@@ -284,13 +362,12 @@ def print_inference_table(args, runs, median, tokens):
         dense = median(num_experts, "dense_mixture")
         rows, busiest = runs[num_experts][0]["rows"], runs[num_experts][0]["busiest"]
         mean_load = tokens * args.top_k / num_experts
-        dense_text = "–" if dense is None else f"{dense * 1e3:.0f}"
         ratio_text = "–" if dense is None else f"{dense / moe:.1f}"
+        whole_ratio = "–" if whole is None else f"{whole / moe:.1f}"
         print(
-            f"| {num_experts} | {moe * 1e3:.1f} | {moe / ffn:.2f} | {moe / active:.2f} | "
+            f"| {num_experts} | {ms(moe)} | {moe / ffn:.2f} | {moe / active:.2f} | "
             f"{rows:,} | {rows / (tokens * args.top_k):.2f} | {busiest / mean_load:.2f} | "
-            f"{whole * 1e3:.0f} | {whole / moe:.1f} | {dense_text} | {ratio_text} | "
-            f"{ffn * 1e3:.1f} |"
+            f"{ms(whole)} | {whole_ratio} | {ms(dense)} | {ratio_text} | {ms(ffn)} |"
         )
 
 
