@@ -142,7 +142,7 @@ def main():
         f"\nfloat32 matmul peak measured: {peak / 1e9:.1f} GFLOP/s; "
         f"model: {flops / 1e9:.2f} GFLOP per training step"
     )
-    print(f"\n| model | step (ms) | target tokens/s | GFLOP/s | fraction of peak |")
+    print("\n| model | step (ms) | target tokens/s | GFLOP/s | fraction of peak |")
     print("|---|---|---|---|---|")
     rates = {}
     for name, times in seconds.items():
