@@ -13,6 +13,7 @@ MODULES = [
     "keras_transformer.layers.encoder_block",
     "keras_transformer.layers.decoder_block",
     "keras_transformer.layers.moe",
+    "keras_transformer.layers.moe_routing",
     "keras_transformer.training.metrics",
     "keras_transformer.training.schedules",
 ]

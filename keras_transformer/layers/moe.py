@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import masks as masks_lib
+from keras_transformer.layers import moe_routing as routing_lib
 from keras_transformer.layers.replica_losses import ReplicaLocalLosses
 from keras_transformer.layers.routing_statistics import RoutingStatistics
 from keras_transformer.layers.validation import check_floating, check_positive_int, check_rate
@@ -226,21 +227,11 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
 
         return tokens, valid, unflatten
 
-    def _capacity(self, num_tokens, training):
-        factor = self.capacity_factor if training else self.eval_capacity_factor
-        if factor is None:
-            return num_tokens  # an expert can take every token: nothing dropped
-        if isinstance(num_tokens, int):
-            capacity = math.ceil(factor * num_tokens * self.top_k / self.num_experts)
-            return max(1, min(capacity, num_tokens))
-        capacity = ops.ceil(
-            ops.cast(num_tokens, "float32") * (factor * self.top_k / self.num_experts)
-        )
-        return ops.minimum(ops.maximum(ops.cast(capacity, "int32"), 1), num_tokens)
+    def _capacity_factor(self, training):
+        return self.capacity_factor if training else self.eval_capacity_factor
 
     def _route(self, tokens, valid, training):
         """Routing of position-major tokens `(G, D)`; assignments are `(G·k,)`."""
-        k, num_experts = self.top_k, self.num_experts
         router_inputs = ops.cast(tokens, "float32")
         if training and self.router_jitter > 0:
             router_inputs = router_inputs * keras.random.uniform(
@@ -249,75 +240,18 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
                 1.0 + self.router_jitter,
                 seed=self._seed_generator,
             )
-        logits = ops.matmul(router_inputs, self.router_kernel)  # [G, E] float32
-        probabilities = ops.softmax(logits, axis=-1)
-        top_probabilities, top_experts = ops.top_k(probabilities, k)  # [G, k]
-        if k > 1:
-            gates = top_probabilities / ops.sum(top_probabilities, axis=-1, keepdims=True)
-        else:
-            gates = top_probabilities
-
-        # Assignments in priority order: token by token (position-major), and
-        # a token's k choices together (they go to k different experts).
-        expert = ops.reshape(top_experts, (-1,))  # [G·k]
-        assignment_valid = ops.repeat(valid, k)  # [G·k]
-        one_hot = ops.one_hot(expert, num_experts, dtype="int32") * ops.expand_dims(
-            ops.cast(assignment_valid, "int32"), 1
-        )  # [G·k, E]
-        position = ops.sum((ops.cumsum(one_hot, axis=0) - 1) * one_hot, axis=1)  # [G·k]
-        num_tokens = ops.shape(tokens)[0]
-        capacity = self._capacity(num_tokens, training)
-        kept = ops.logical_and(assignment_valid, position < capacity)  # [G·k]
-
-        # Losses over the real tokens.
-        real = ops.cast(valid, "float32")
-        num_real = ops.maximum(ops.sum(real), 1.0)
-        assigned = ops.sum(one_hot, axis=0)  # [E]
-        fraction = ops.cast(assigned, "float32") / (num_real * k)
-        mean_probability = ops.sum(probabilities * ops.expand_dims(real, 1), axis=0) / num_real
-        aux_loss = num_experts * ops.sum(fraction * mean_probability)
-        z_loss = ops.sum(ops.square(ops.logsumexp(logits, axis=-1)) * real) / num_real
-        kept_per_expert = ops.sum(one_hot * ops.expand_dims(ops.cast(kept, "int32"), 1), axis=0)
-        return {
-            "expert": expert,
-            "gates": ops.reshape(gates, (-1,)),
-            "position": position,
-            "kept": kept,
-            "capacity": capacity,
-            "probabilities": probabilities,
-            "assigned": assigned,
-            "kept_per_expert": kept_per_expert,
-            "aux_loss": aux_loss,
-            "z_loss": z_loss,
-        }
+        capacity = routing_lib.expert_capacity(
+            ops.shape(tokens)[0], self.num_experts, self.top_k, self._capacity_factor(training)
+        )
+        return routing_lib.top_k_routing(
+            router_inputs, self.router_kernel, valid, self.top_k, capacity
+        )
 
     def _chunk_bounds(self, num_tokens, capacity, training):
-        """Splits `[0, capacity)` into chunks: `[(0, b₁), (b₁, b₂), ..., (bₘ, capacity)]`.
-
-        `bⱼ = ceil(1.5ʲ × mean load)`, mean load = `tokens × top_k /
-        num_experts`, for every `1.5ʲ` below the capacity factor (`num_experts
-        / top_k` when nothing is dropped). At the default `capacity_factor=1.25`
-        this is one chunk, the whole buffer. The number of chunks is static
-        (it depends on the configuration only); with a dynamic token count
-        the bounds are tensors, and a chunk may be empty.
-        """
-        factor = self.capacity_factor if training else self.eval_capacity_factor
-        ratio = self.num_experts / self.top_k if factor is None else factor
-        steps = 0
-        while _CHUNK_GROWTH ** (steps + 1) < ratio:
-            steps += 1
-        scale = self.top_k / self.num_experts
-        if isinstance(num_tokens, int) and isinstance(capacity, int):
-            bounds = [math.ceil(_CHUNK_GROWTH**j * num_tokens * scale) for j in range(1, steps + 1)]
-            bounds = sorted({b for b in bounds if 0 < b < capacity})
-        else:
-            mean_load = ops.cast(num_tokens, "float32") * scale
-            bounds = [
-                ops.minimum(ops.cast(ops.ceil(_CHUNK_GROWTH**j * mean_load), "int32"), capacity)
-                for j in range(1, steps + 1)
-            ]
-        bounds = [0, *bounds, capacity]
-        return list(zip(bounds[:-1], bounds[1:]))
+        """The chunks of the capacity axis: `moe_routing.capacity_chunks`."""
+        return routing_lib.capacity_chunks(
+            num_tokens, capacity, self.num_experts, self.top_k, self._capacity_factor(training)
+        )
 
     def _dispatch_and_combine(self, tokens, routing, training):
         """Runs the experts on their tokens, chunk by chunk of the capacity axis.
@@ -405,11 +339,6 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
             }
         )
         return config
-
-
-# Growth of the capacity chunks: a chunk runs only when some expert's load
-# reaches it, so the rows computed stay within 1.5× the busiest expert's load.
-_CHUNK_GROWTH = 1.5
 
 
 def _check(ok, name, value, expected):
