@@ -22,7 +22,7 @@ the system when freed and page-faulted in again on the next call) and `bfc`
 over the calls; outputs are dropped after each call, as a training step's
 gradients are.
 
-    python benchmarks/weight_gradient_dot.py        # about a minute on 2 cores
+    python benchmarks/weight_gradient_dot.py        # about 20 seconds on 2 cores
 """
 
 import argparse
