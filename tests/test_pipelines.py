@@ -91,3 +91,20 @@ def test_language_model_windows_are_shifted_by_one():
     np.testing.assert_array_equal(labels[0], np.arange(2, 11))
     np.testing.assert_array_equal(inputs[1], np.arange(11, 20))
     assert sum(int(x.shape[0]) for x, _ in dataset) == 4  # 41 // 10 windows, batches of 2
+
+
+def test_pipelines_shard_by_data_with_autotuning_off(tokenizer):
+    # Autotuning on made `fit` stall up to 20 s an epoch when it destroyed the
+    # previous epoch's iterator (benchmarks/epoch_stall.py); the options must
+    # reach the dataset that `fit` iterates.
+    translation = pipelines.translation_dataset(
+        [("I have one book.", "Tengo un libro.")] * 4, tokenizer, tokenizer, shuffle_buffer=4
+    )
+    language_model = pipelines.language_model_dataset(
+        np.arange(50), 4, batch_size=2, shuffle_buffer=8, random_offset=True
+    )
+    for dataset in (translation, language_model):
+        options = dataset.options()
+        assert options.autotune.enabled is False
+        assert (options.experimental_distribute.auto_shard_policy
+                == tf.data.experimental.AutoShardPolicy.DATA)
