@@ -11,6 +11,12 @@ from keras_transformer.layers import (
 )
 from keras_transformer.layers import masks
 
+# The losses, metrics and learning-rate schedule that the recipes compile with
+# are registered when `training` is imported; importing it here lets
+# `keras.saving.load_model` restore a saved, compiled model after
+# `import keras_transformer` alone.
+from keras_transformer import training  # noqa: F401
+
 __version__ = "0.1.0"
 
 __all__ = [

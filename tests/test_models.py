@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -5,7 +10,12 @@ import keras
 from keras import ops
 
 from keras_transformer.models import TransformerConfig, build_causal_lm, build_transformer
-from keras_transformer.training import MaskedSparseCategoricalCrossentropy
+from keras_transformer.training import (
+    MaskedAccuracy,
+    MaskedSparseCategoricalCrossentropy,
+    masked_perplexity,
+    transformer_optimizer,
+)
 
 TINY = dict(vocab_size=30, source_vocab_size=25, max_length=16, embed_dim=16, num_heads=2,
             ffn_dim=32, num_encoder_layers=2, num_decoder_layers=2, dropout=0.1)
@@ -56,6 +66,40 @@ def test_causal_lm_has_no_causal_leakage_and_reloads(tmp_path):
     model.save(str(tmp_path / "lm.keras"))
     restored = keras.saving.load_model(str(tmp_path / "lm.keras"))
     np.testing.assert_allclose(_np(restored(ids)), a, atol=1e-5)
+
+
+def test_compiled_model_reloads_in_a_fresh_process_after_import_keras_transformer(tmp_path):
+    # What the recipes save (compiled with the package's loss, metric and
+    # learning-rate schedule) loads with `import keras_transformer` alone, its
+    # compile state whole: the same evaluation and optimizer step count.
+    model = build_transformer(TransformerConfig(**TINY))
+    model.compile(optimizer=transformer_optimizer(16, warmup_steps=10),
+                  loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
+                  metrics=[MaskedAccuracy(), masked_perplexity()])
+    model.fit([SOURCE, TARGET], TARGET, epochs=2, verbose=0)
+    expected = model.evaluate([SOURCE, TARGET], TARGET, return_dict=True, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    script = (
+        "import json, sys, keras, numpy as np, keras_transformer\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"
+        "source, target = (np.array(a) for a in json.loads(sys.argv[2]))\n"
+        "scores = model.evaluate([source, target], target, return_dict=True, verbose=0)\n"
+        "print(json.dumps({'loss_class': type(model.loss).__name__,\n"
+        "                  'steps': int(model.optimizer.iterations.numpy()), **scores}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, path, json.dumps([SOURCE.tolist(), TARGET.tolist()])],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    restored = json.loads(result.stdout.strip().splitlines()[-1])
+    assert restored.pop("loss_class") == "MaskedSparseCategoricalCrossentropy"
+    assert restored.pop("steps") == 2
+    assert restored.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_allclose(restored[name], value, rtol=1e-5, err_msg=name)
 
 
 def test_padding_in_the_source_does_not_leak():
