@@ -12,4 +12,4 @@ echo
 echo "Through the exported SavedModel (keras-transformer translate saved_models/translator):"
 "$root/.venv/bin/keras-transformer" translate saved_models/translator \
     "I have twenty one books." "the first of May two thousand twenty four" \
-    "seven plus five is twelve." "I have three hundred trees."
+    "seven plus five is twelve." "I have three hundred trees." "I have five hundred boys."
