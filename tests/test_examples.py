@@ -84,8 +84,9 @@ def test_char_lm_example_smoke_trains_and_scores(tmp_path):
         ["--smoke", "--output-dir", str(tmp_path), "--export-dir", str(tmp_path / "export")]
     )
     assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
-    # From ln(128) = 4.85 nats for a uniform guess over the 128 ids.
-    assert result["val_loss"] < 4.5
+    # 81 steps (3 epochs, whatever the machine's speed) on a text that
+    # repeats, from ln(128) = 4.85 nats for a uniform guess; 0.44 measured.
+    assert result["val_loss"] < 2.0
     assert (tmp_path / "model.keras").exists() and (tmp_path / "config.json").exists()
 
 
