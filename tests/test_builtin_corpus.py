@@ -72,8 +72,8 @@ def test_round_numbers_are_common_enough_to_learn():
     hundreds = ("cien", "doscientos", "trescientos", "cuatrocientos", "quinientos",
                 "seiscientos", "setecientos", "ochocientos", "novecientos")
     nouns = ("libros", "gatos", "perros", "árboles", "coches", "niños")
-    round_counts = {es for _, es in pairs
-                    if es in {f"Tengo {h} {n}." for h in hundreds for n in nouns}}
+    wanted = {f"Tengo {h} {n}." for h in hundreds for n in nouns}
+    round_counts = {es for _, es in pairs if es in wanted}
     assert len(round_counts) >= 25, sorted(round_counts)
     round_numbers = [en for en, _ in pairs if en.endswith(" thousand")]
     assert len(round_numbers) >= 50, len(round_numbers)
