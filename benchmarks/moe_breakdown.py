@@ -7,7 +7,8 @@ of width 256 and `expert_dim=1024` (the buffers hold 10,240 rows: 8 experts ×
 1,280 or 64 × 160). Each row is one XLA-compiled forward+backward call
 (gradients of every weight, no optimizer step):
 
-- *floor (2-D)*: `relu(x·W₁ + b₁)·W₂ + b₂` over the 10,240 rows;
+- *floor (2-D)*: `PositionwiseFFN(1024)` over the 10,240 rows (as in
+  `moe_scaling.py`);
 - *experts alone*: the same two layers as the MoE's batched einsums over
   buffers that are already filled, `(E, C, D)`, with the MoE's own weights:
   no router, no gather into the buffers, no scatter back;
@@ -50,7 +51,7 @@ def measure(num_experts, rounds):
     import keras
     import tensorflow as tf
 
-    from keras_transformer import MoE
+    from keras_transformer import MoE, PositionwiseFFN
 
     dim, expert_dim, tokens, top_k = 256, 1024, 4096, 2
     keras.utils.set_random_seed(0)
@@ -60,12 +61,8 @@ def measure(num_experts, rounds):
     capacity = moe.compute_routing(x, training=True)["capacity"]
     buffers = tf.random.normal((num_experts, capacity, dim))
     rows = tf.reshape(buffers, (-1, dim))
-    dense = [
-        tf.Variable(tf.random.normal((dim, expert_dim)) * dim**-0.5),
-        tf.Variable(tf.zeros((expert_dim,))),
-        tf.Variable(tf.random.normal((expert_dim, dim)) * expert_dim**-0.5),
-        tf.Variable(tf.zeros((dim,))),
-    ]
+    floor = PositionwiseFFN(expert_dim)  # as in moe_scaling.py: one FFN over the rows
+    floor(rows[None])
 
     def step(forward, weights):
         @tf.function(jit_compile=True)
@@ -76,17 +73,13 @@ def measure(num_experts, rounds):
 
         return run
 
-    def floor(r):
-        w1, b1, w2, b2 = dense
-        return tf.nn.relu(r @ w1 + b1) @ w2 + b2
-
     def experts_alone(b):
         h = tf.nn.relu(tf.einsum("ecd,edf->ecf", b, moe.inner_kernel) + moe.inner_bias[:, None])
         return tf.einsum("ecf,efd->ecd", h, moe.output_kernel) + moe.output_bias[:, None]
 
     expert_weights = [moe.inner_kernel, moe.inner_bias, moe.output_kernel, moe.output_bias]
     calls = {
-        "floor (2-D)": (step(floor, dense), rows),
+        "floor (2-D)": (step(floor, floor.trainable_variables), rows[None]),
         "experts alone": (step(experts_alone, expert_weights), buffers),
         "MoE": (step(lambda t: moe(t, training=True), moe.trainable_variables), x),
     }
