@@ -11,11 +11,12 @@ from keras_transformer.layers import (
 )
 from keras_transformer.layers import masks
 
-# The losses, metrics and learning-rate schedule that the recipes compile with
-# are registered when `training` is imported; importing it here lets
+# The model class the builders return (`models`) and the losses, metrics and
+# learning-rate schedule that the recipes compile with (`training`) are
+# registered when their modules are imported; importing them here lets
 # `keras.saving.load_model` restore a saved, compiled model after
 # `import keras_transformer` alone.
-from keras_transformer import training  # noqa: F401
+from keras_transformer import models, training  # noqa: F401
 
 __version__ = "0.1.0"
 

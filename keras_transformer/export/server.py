@@ -11,6 +11,7 @@ unchanged:
   `{"predictions": [{"translation": ..., "token_ids": [...], "scores": ...}]}`;
   with `{"inputs": ["text", ...]}` (or `{"inputs": {"text": [...]}}`) answers
   `{"outputs": {"translation": [...], "token_ids": [[...]], "scores": [...]}}`.
+  A text generator's model takes `prompt` instead of `text` and answers `text`.
   `"signature_name"` picks another signature (`translate_ids` takes
   `source_ids`).
 - `GET /v1/models/<name>` answers the version status.
@@ -116,7 +117,7 @@ class ModelServer:
                                     f"'inputs'. Received a {type(request).__name__}.")
         signature_name = request.get("signature_name", "serving_default")
         signature = self._signature(signature_name)
-        (input_name,) = signature.structured_input_signature[1].keys()
+        ((input_name, spec),) = signature.structured_input_signature[1].items()
         if ("instances" in request) == ("inputs" in request):
             raise RequestError(400, "The request must have exactly one of 'instances' "
                                     "(row format) or 'inputs' (columnar format).")
@@ -135,7 +136,7 @@ class ModelServer:
         if len(values) > self.max_batch:
             raise RequestError(413, f"{len(values)} instances in one request; the limit is "
                                     f"{self.max_batch}. Split the request.")
-        tensor = self._to_tensor(input_name, values)
+        tensor = self._to_tensor(input_name, values, spec.dtype)
         with self._lock:  # one batch at a time through the model
             try:
                 outputs = signature(**{input_name: tensor})
@@ -149,10 +150,10 @@ class ModelServer:
         return {"predictions": [dict(zip(keys, row))
                                 for row in zip(*(outputs[k] for k in keys))]}
 
-    def _to_tensor(self, input_name, values):
-        if input_name == "text":
+    def _to_tensor(self, input_name, values, dtype):
+        if dtype == tf.string:  # `text` of a translator, `prompt` of a text generator
             if not all(isinstance(v, str) for v in values):
-                raise RequestError(400, "Every instance of 'text' must be a string. "
+                raise RequestError(400, f"Every instance of '{input_name}' must be a string. "
                                         f"Received: {[type(v).__name__ for v in values][:5]}")
             return tf.constant([v[: self.max_chars] for v in values], tf.string)
         try:

@@ -55,8 +55,8 @@ def plot_attention(translator, text, path, block=-1):
         axis.set_title(f"head {head + 1}", fontsize=9)
         axis.set_xticks(range(len(source)), source, rotation=90, fontsize=7)
         axis.set_yticks(range(len(output)), output, fontsize=7)
-    number = block % len(translator.stepper.decoder_blocks)
-    figure.suptitle(f"Cross-attention of decoder block {number}: {text!r}", fontsize=9)
+    which = "the last decoder block" if block == -1 else f"decoder block {block}"
+    figure.suptitle(f"Cross-attention of {which}: {text!r}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -16,8 +16,12 @@ Shared arguments:
         being chosen (teacher forcing through the cache).
     forced_lengths: `(B,)` int, each prompt's length (≥ 1).
 
+`[PAD]` is never chosen (it is not a token a model should emit; a `[PAD]`
+mid-sequence would be read as padding by a full pass, so the cached and the
+full-pass decoders would part ways after it).
+
 Outputs are `(ids, scores)`: `ids` `(B, max_length)` int32, the tokens for
-positions 1..max_length (prompt tokens included), `[PAD]` after `[END]`;
+positions 1..max_length (prompt tokens included), `[PAD]` after `[END]` only;
 `scores` `(B,)` float32, the model's log-probability of the chosen
 (non-forced) tokens up to and including `[END]`.
 """
@@ -39,6 +43,12 @@ def _forced_token(forced_ids, forced_lengths, position, batch_size):
     return tf.cast(token, tf.int32), position < forced_lengths
 
 
+def _without_pad(logits):
+    """Logits `(B, V)` with `[PAD]` made impossible to choose."""
+    vocab = tf.shape(logits)[-1]
+    return tf.where(tf.range(vocab) == PAD_ID, _NEG_INF, tf.cast(logits, tf.float32))
+
+
 def _write(buffer, column, values):
     """`buffer[:, column] = values` for a `(B, L)` buffer (XLA-friendly)."""
     one_hot = tf.one_hot(column, tf.shape(buffer)[1], dtype=buffer.dtype)
@@ -54,7 +64,7 @@ def _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_le
     def body(i, token, ids, finished, scores, state):
         logits, state = stepper.step(token, i, state)
         log_probs = tf.nn.log_softmax(logits)
-        chosen = tf.cast(choose(logits, i), tf.int32)
+        chosen = tf.cast(choose(_without_pad(logits), i), tf.int32)
         forced, is_forced = _forced_token(forced_ids, forced_lengths, i + 1, batch_size)
         next_token = tf.where(is_forced, forced, chosen)
         next_token = tf.where(finished, PAD_ID, next_token)
@@ -155,6 +165,7 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
         logits, state = stepper.step(token, i, state)
         log_probs = tf.nn.log_softmax(logits)  # [B·k, V]
         vocab = tf.shape(log_probs)[1]
+        log_probs = tf.where(tf.range(vocab) == PAD_ID, _NEG_INF, log_probs)  # never chosen
         forced, is_forced = _forced_token(forced_ids, forced_lengths, i + 1, flat)
         only = lambda t: tf.one_hot(t, vocab, on_value=0.0, off_value=_NEG_INF)  # noqa: E731
         log_probs = tf.where(is_forced[:, None], only(forced), log_probs)

@@ -1,60 +1,71 @@
-"""One decoding step at a time through a built model, with key/value caches.
+"""One decoding step at a time through a model's cached forward pass.
 
-A *stepper* turns a model from `build_transformer` or `build_causal_lm` into
-the three functions every search needs:
+A *stepper* turns a model that implements the cached-decoding protocol
+(`keras_transformer.models.cached_decoding`: every model assembled from the
+package's layers does, whatever its layer names) into the functions every
+search needs:
 
-- `initial_state(inputs, max_length)`: the caches for a batch (for the
-  encoder–decoder: the encoder runs once and each decoder block projects the
-  encoder's keys/values once);
+- `initial_state(...)`: the cache for a batch (for the encoder–decoder: the
+  encoder runs once and each decoder block projects the encoder's
+  keys/values once);
 - `step(token_ids, index, state)`: `token_ids` `(B,)` at position `index`
-  → float32 logits `(B, V)` and the updated state (each block's
-  self-attention cache `(B, 2, L, N, H)` gets the new keys/values at `index`);
+  → float32 logits `(B, V)` and the updated state;
 - `repeat(state, k)` / `gather(state, indices)`: for beam search.
 
-Steppers find the layers by the names the builders give them, so they work
-on reloaded `.keras` models too. They use TensorFlow ops (the loops they
-serve compile with XLA and export to SavedModels).
+The stepper only calls the model's `encode`, `initial_cache` and
+`call_with_cache`: the forward pass belongs to the model.
 """
 
 import tensorflow as tf
 
-from keras_transformer.data.tokenizers import PAD_ID
+from keras_transformer.models.cached_decoding import cached_decoder, is_encoder_decoder
 
 
-def _blocks(model, prefix):
-    blocks = [layer for layer in model.layers if layer.name.startswith(prefix)]
-    return sorted(blocks, key=lambda layer: int(layer.name[len(prefix):]))
+def model_variables(model):
+    """Every variable the decoding graph of `model` may read or write: its
+    weights and its layers' metric state (an `MoE`'s routing statistics), so
+    that a `tf.Module` holding them tracks all of them for export."""
+    return (list(getattr(model, "variables", []))
+            + list(getattr(model, "metrics_variables", [])))
 
 
-def _optional_layer(model, name):
-    names = {layer.name for layer in model.layers}
-    return model.get_layer(name) if name in names else None
+class Stepper:
+    """Steps through any object with the cached-decoding protocol.
 
+    Args:
+        model: a model assembled from the package's layers, or an object
+            with `initial_cache` and `call_with_cache` (and `encode`).
+    """
 
-class _Stepper:
-    def __init__(self, model, embedding_name, final_norm_name):
+    def __init__(self, model):
         self.model = model
-        self.embedding = model.get_layer(embedding_name)
-        self.decoder_blocks = _blocks(model, "decoder_block_")
-        if not self.decoder_blocks:
-            raise ValueError(
-                f"Model '{model.name}' has no layers named decoder_block_<i>; expected a "
-                "model from build_transformer or build_causal_lm."
-            )
-        self.final_norm = _optional_layer(model, final_norm_name)
-        self.logits_layer = _optional_layer(model, "logits")
-        self.max_length = self.embedding.max_length
+        self.decoder = cached_decoder(model)
+        self.max_length = getattr(self.decoder, "max_length", None)
+        self.is_encoder_decoder = is_encoder_decoder(self.decoder)
 
-    def _logits(self, hidden):
-        if self.final_norm is not None:
-            hidden = self.final_norm(hidden)
-        if self.logits_layer is not None:
-            return tf.cast(self.logits_layer(hidden), tf.float32)
-        return tf.cast(self.embedding(hidden, reverse=True), tf.float32)
+    def initial_state(self, inputs, max_length):
+        """The cache for `inputs`: source ids `(B, S)` for an encoder–decoder
+        (encoded once here), the batch size for a decoder-only model."""
+        if self.is_encoder_decoder:
+            encoded = self.decoder.encode(inputs)
+            batch_size = tf.shape(tf.nest.flatten(encoded)[0])[0]
+            return self.decoder.initial_cache(batch_size, max_length, encoded)
+        return self.decoder.initial_cache(inputs, max_length)
 
-    def _self_caches(self, batch_size, max_length):
-        return [block.initial_self_attention_cache(batch_size, max_length)
-                for block in self.decoder_blocks]
+    def step(self, token_ids, index, state):
+        logits, state = self.decoder.call_with_cache(token_ids[:, None], state, index)
+        return tf.cast(logits[:, 0], tf.float32), state
+
+    def step_with_attention(self, token_ids, index, state):
+        """`step`, plus each decoder block's cross-attention `(B, N, S)`."""
+        method = getattr(self.decoder, "call_with_cache_and_attention", None)
+        if method is None:
+            raise ValueError(f"{type(self.decoder).__name__} has no "
+                             "`call_with_cache_and_attention`, so its attention cannot be "
+                             "shown.")
+        logits, state, attention = method(token_ids[:, None], state, index)
+        return (tf.cast(logits[:, 0], tf.float32), state,
+                [scores[:, :, 0] for scores in attention])
 
     def repeat(self, state, k):
         """Each row of every state tensor repeated `k` times: `(B, ...)` → `(B·k, ...)`."""
@@ -65,99 +76,35 @@ class _Stepper:
         return tf.nest.map_structure(lambda t: tf.gather(t, indices, axis=0), state)
 
 
-class EncoderDecoderStepper(_Stepper):
-    """Steps through a `build_transformer` model.
+class EncoderDecoderStepper(Stepper):
+    """A `Stepper` for an encoder–decoder model.
 
     `initial_state(source_ids, max_length)`: `source_ids` `(B, S)` int, 0 =
-    padding. State: `{"self": [cache per block], "cross": [cache per block],
-    "source_mask": (B, S) bool}`.
+    padding.
     """
 
     def __init__(self, model):
-        super().__init__(model, "target_embedding", "decoder_norm")
-        names = {layer.name for layer in model.layers}
-        self.source_embedding = model.get_layer(
-            "source_embedding" if "source_embedding" in names else "target_embedding"
-        )
-        self.encoder_blocks = _blocks(model, "encoder_block_")
-        self.encoder_norm = _optional_layer(model, "encoder_norm")
+        super().__init__(model)
+        if not self.is_encoder_decoder:
+            raise ValueError(f"EncoderDecoderStepper needs an encoder–decoder model; "
+                             f"'{getattr(model, 'name', model)}' is decoder-only "
+                             "(use CausalLMStepper).")
+
+    @property
+    def decoder_blocks(self):
+        return getattr(self.decoder, "decoder_blocks", [])
 
     def encode(self, source_ids):
-        """Encoder outputs `(B, S, D)` and the source padding mask `(B, S)`."""
-        source_ids = tf.convert_to_tensor(source_ids, tf.int32)
-        source_mask = tf.not_equal(source_ids, PAD_ID)
-        x = self.source_embedding(source_ids)
-        for block in self.encoder_blocks:
-            x = block(x, padding_mask=source_mask)
-        if self.encoder_norm is not None:
-            x = self.encoder_norm(x)
-        return x, source_mask
-
-    def initial_state(self, source_ids, max_length):
-        memory, source_mask = self.encode(source_ids)
-        return {
-            "self": self._self_caches(tf.shape(memory)[0], max_length),
-            "cross": [block.compute_cross_attention_cache(memory)
-                      for block in self.decoder_blocks],
-            "source_mask": source_mask,
-        }
-
-    def step(self, token_ids, index, state):
-        x = self.embedding(token_ids[:, None], start_index=index)  # [B, 1, D]
-        self_caches = []
-        for block, self_cache, cross_cache in zip(
-            self.decoder_blocks, state["self"], state["cross"]
-        ):
-            x, self_cache, _ = block(
-                x,
-                decoder_padding_mask=tf.ones_like(token_ids[:, None], tf.bool),
-                encoder_padding_mask=state["source_mask"],
-                self_attention_cache=self_cache,
-                self_attention_cache_index=index,
-                cross_attention_cache=cross_cache,
-            )
-            self_caches.append(self_cache)
-        return self._logits(x)[:, 0], {**state, "self": self_caches}
-
-    def step_with_attention(self, token_ids, index, state):
-        """`step`, plus each block's cross-attention probabilities `(B, N, S)`."""
-        x = self.embedding(token_ids[:, None], start_index=index)
-        self_caches, attention = [], []
-        for block, self_cache, cross_cache in zip(
-            self.decoder_blocks, state["self"], state["cross"]
-        ):
-            x, self_cache, _, scores = block(
-                x,
-                decoder_padding_mask=tf.ones_like(token_ids[:, None], tf.bool),
-                encoder_padding_mask=state["source_mask"],
-                self_attention_cache=self_cache,
-                self_attention_cache_index=index,
-                cross_attention_cache=cross_cache,
-                return_attention_scores=True,
-            )
-            self_caches.append(self_cache)
-            attention.append(scores["cross_attention"][:, :, 0])
-        return self._logits(x)[:, 0], {**state, "self": self_caches}, attention
+        """What the model's `encode` returns for `source_ids`."""
+        return self.decoder.encode(source_ids)
 
 
-class CausalLMStepper(_Stepper):
-    """Steps through a `build_causal_lm` model. State: `{"self": [cache per block]}`."""
+class CausalLMStepper(Stepper):
+    """A `Stepper` for a decoder-only model: `initial_state(batch_size, max_length)`."""
 
     def __init__(self, model):
-        super().__init__(model, "token_embedding", "final_norm")
-
-    def initial_state(self, batch_size, max_length):
-        return {"self": self._self_caches(batch_size, max_length)}
-
-    def step(self, token_ids, index, state):
-        x = self.embedding(token_ids[:, None], start_index=index)
-        self_caches = []
-        for block, self_cache in zip(self.decoder_blocks, state["self"]):
-            x, self_cache = block(
-                x,
-                decoder_padding_mask=tf.ones_like(token_ids[:, None], tf.bool),
-                self_attention_cache=self_cache,
-                self_attention_cache_index=index,
-            )
-            self_caches.append(self_cache)
-        return self._logits(x)[:, 0], {"self": self_caches}
+        super().__init__(model)
+        if self.is_encoder_decoder:
+            raise ValueError(f"CausalLMStepper needs a decoder-only model; "
+                             f"'{getattr(model, 'name', model)}' has an encoder "
+                             "(use EncoderDecoderStepper).")

@@ -1,12 +1,13 @@
 """Prompt in, text out for a decoder-only language model, as one `tf.Module`.
 
 `TextGenerator` is the language-model counterpart of `Translator`: the
-tokenizer, the cached search (sampling or greedy, one XLA-compiled
+tokenizer, the cached search (sampling, greedy or beam, one XLA-compiled
 `tf.while_loop`, the prompt forced through the cache) and the detokenizer in
 TensorFlow graph code, so that it exports to a SavedModel with a `generate`
 signature.
 
-    generator = TextGenerator(model, tokenizer, max_length=64, temperature=0.8, top_k=20)
+    generator = TextGenerator(model, tokenizer, max_length=64,
+                              decoding=DecodingConfig("sample", temperature=0.8, top_k=20))
     generator.generate(tf.constant(["ROMEO:"]), seed=tf.constant(1))["text"]
 
 Prompts longer than `max_length - 1` tokens keep their last `max_length - 1`
@@ -16,51 +17,76 @@ tokens (documented truncation); an empty prompt is refused with a clear
 
 import tensorflow as tf
 
-from keras_transformer.generation import search
-from keras_transformer.generation.steppers import CausalLMStepper
+from keras_transformer.generation.decoding import DecodingConfig
+from keras_transformer.generation.steppers import CausalLMStepper, model_variables
 
 
 class TextGenerator(tf.Module):
-    """Continues prompts with a `build_causal_lm` model.
+    """Continues prompts with a decoder-only model.
 
     Args:
-        model: the decoder-only `keras.Model`.
+        model: the decoder-only `keras.Model`: one from `build_causal_lm`,
+            any functional (or `Sequential`) model assembled from the
+            package's layers, or a model that implements the
+            cached-decoding protocol (`keras_transformer.models.cached_decoding`).
         tokenizer: a keras-hub tokenizer (e.g. `UnicodeCodepointTokenizer`,
             WordPiece, BPE).
         max_length: int, total tokens (prompt + continuation); at most the
             model's `max_length`.
-        temperature, top_k, top_p: sampling settings (`temperature=0`:
-            greedy).
+        decoding: a `DecodingConfig` (sampling, greedy or beam search).
+        temperature, top_k, top_p: the older way to ask for sampling
+            (`temperature=0`: greedy); used when `decoding` is None. With
+            neither, sampling at temperature 1.
         jit_compile: bool, compile the search with XLA.
 
     `generate(prompt, seed)`: `prompt` `(B,)` string, `seed` int32 scalar →
     `{"text": (B,) prompt + continuation, "token_ids": (B, max_length - 1)
-    int32, "scores": (B,) float32}`.
+    int32, "scores": (B,) float32}`. `generate_text(prompt)` is the same with
+    `decoding.seed` (the exported `serving_default`).
     """
 
-    def __init__(self, model, tokenizer, *, max_length, temperature=1.0, top_k=0, top_p=1.0,
-                 jit_compile=True, name="text_generator"):
+    def __init__(self, model, tokenizer, *, max_length, decoding=None, temperature=None,
+                 top_k=None, top_p=None, jit_compile=True, name="text_generator"):
         super().__init__(name=name)
-        self.model = model
+        if decoding is not None and (temperature, top_k, top_p) != (None, None, None):
+            raise ValueError("Pass either `decoding` or the older `temperature`/`top_k`/"
+                             "`top_p`, not both.")
+        # The SavedModel tracks the model's variables, not the Keras model
+        # object: saving a Keras model as a child would also trace its default
+        # serving signature, which a subclassed model cannot always give.
+        object.__setattr__(self, "model", model)
+        self._model_variables = model_variables(model)
         self.tokenizer = tokenizer
         self.stepper = CausalLMStepper(model)
-        if not 2 <= max_length <= self.stepper.max_length:
-            raise ValueError(f"`max_length` must be in [2, {self.stepper.max_length}] (the "
-                             f"model's length). Received: {max_length}")
+        limit = self.stepper.max_length
+        if max_length < 2 or (limit is not None and max_length > limit):
+            raise ValueError(f"`max_length` must be in [2, {limit}] (the model's length). "
+                             f"Received: {max_length}")
         self.max_length = int(max_length)
-        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        if decoding is None:
+            decoding = DecodingConfig.from_legacy(
+                temperature=1.0 if temperature is None else temperature, top_k=top_k,
+                top_p=top_p)
+        self.decoding = decoding
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
+
+    @property
+    def temperature(self):
+        return self.decoding.temperature if self.decoding.strategy == "sample" else 0.0
+
+    @property
+    def top_k(self):
+        return self.decoding.top_k
+
+    @property
+    def top_p(self):
+        return self.decoding.top_p
 
     def _search_ids(self, prompt_ids, lengths, seed):
         batch = tf.shape(prompt_ids)[0]
         state = self.stepper.initial_state(batch, self.max_length)
-        steps = self.max_length - 1
-        kwargs = dict(forced_ids=prompt_ids, forced_lengths=lengths)
-        if self.temperature == 0:
-            return search.greedy_search(self.stepper, state, prompt_ids[:, 0], steps, **kwargs)
-        return search.sample(self.stepper, state, prompt_ids[:, 0], steps,
-                             temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                             seed=seed, **kwargs)
+        return self.decoding.search(self.stepper, state, prompt_ids[:, 0], self.max_length - 1,
+                                    forced_ids=prompt_ids, forced_lengths=lengths, seed=seed)
 
     def _tokenize(self, prompt):
         ids = self.tokenizer(prompt)
@@ -75,9 +101,10 @@ class TextGenerator(tf.Module):
         return ids.to_tensor(shape=[None, keep]), tf.cast(tf.minimum(lengths, keep), tf.int32)
 
     def serving_signatures(self):
-        """The SavedModel signatures `export_saved_model` writes."""
-        generate = self.generate.get_concrete_function()
-        return {"serving_default": generate, "generate": generate}
+        """The SavedModel signatures `export_saved_model` writes: `serving_default`
+        (`prompt` only, the configured seed) and `generate` (`prompt`, `seed`)."""
+        return {"serving_default": self.generate_text.get_concrete_function(),
+                "generate": self.generate.get_concrete_function()}
 
     def asset_tokenizers(self):
         return {"": self.tokenizer}
@@ -91,3 +118,7 @@ class TextGenerator(tf.Module):
         # Token id 0 is padding; the model never emits it before the end.
         text = self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(full, padding=0))
         return {"text": text, "token_ids": token_ids, "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt")])
+    def generate_text(self, prompt):
+        return self.generate(prompt, tf.constant(self.decoding.seed, tf.int32))

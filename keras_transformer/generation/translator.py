@@ -17,9 +17,9 @@ U+FFFD; an empty batch gives empty outputs.
 import keras_hub
 import tensorflow as tf
 
-from keras_transformer.data.tokenizers import END_ID, RESERVED_TOKENS
-from keras_transformer.generation import search
-from keras_transformer.generation.steppers import EncoderDecoderStepper
+from keras_transformer.data.tokenizers import END_ID, RESERVED_TOKENS, START_ID
+from keras_transformer.generation.decoding import DecodingConfig
+from keras_transformer.generation.steppers import EncoderDecoderStepper, model_variables
 
 # "¿ dónde está ?" → "¿dónde está?" (the WordPiece detokenizer puts spaces
 # around punctuation; tokenizers.decode does the same in Python).
@@ -36,47 +36,68 @@ def strip_special(ids):
 
 
 class Translator(tf.Module):
-    """Translates batches of strings with a `build_transformer` model.
+    """Translates batches of strings with an encoder–decoder model.
 
     Args:
-        model: the encoder–decoder `keras.Model`.
+        model: the encoder–decoder `keras.Model`: one from
+            `build_transformer`, any functional model assembled from the
+            package's layers (whatever its layer names), or a model that
+            implements the cached-decoding protocol
+            (`keras_transformer.models.cached_decoding`).
         source_tokenizer, target_tokenizer: keras-hub tokenizers (WordPiece
             or byte-level BPE, from `keras_transformer.data.tokenizers`).
         max_length: int, source tokens kept (longer inputs are truncated)
             and target tokens generated at most. Sources are padded to it,
             so XLA compiles the search once per batch size.
-        beam_size: int, 1 = greedy search.
-        alpha: float, GNMT length penalty for beam search.
+        decoding: a `DecodingConfig` (greedy, beam search or sampling);
+            default greedy.
+        beam_size, alpha: the older way to ask for beam search (`beam_size
+            > 1`) with GNMT's length penalty `alpha`; used when `decoding`
+            is None.
         jit_compile: bool, compile the search with XLA.
 
     Call `translate(text)` with `text` a `(B,)` `tf.string` tensor; it returns
     `{"translation": (B,) string, "token_ids": (B, max_length) int32,
     "scores": (B,) float32 log-probabilities}`. `translate_ids(source_ids)`
-    is the token-level version.
+    is the token-level version. Sampling uses `decoding.seed`.
     """
 
     def __init__(self, model, source_tokenizer, target_tokenizer, *, max_length,
-                 beam_size=1, alpha=0.6, jit_compile=True, name="translator"):
+                 decoding=None, beam_size=None, alpha=None, jit_compile=True,
+                 name="translator"):
         super().__init__(name=name)
         if max_length < 1:
             raise ValueError(f"`max_length` must be >= 1. Received: {max_length}")
-        self.model = model
+        if decoding is not None and (beam_size is not None or alpha is not None):
+            raise ValueError("Pass either `decoding` or the older `beam_size`/`alpha`, not "
+                             f"both. Received: decoding={decoding}, beam_size={beam_size}, "
+                             f"alpha={alpha}")
+        # The SavedModel tracks the model's variables, not the Keras model
+        # object: saving a Keras model as a child would also trace its default
+        # serving signature, which a subclassed model cannot always give.
+        object.__setattr__(self, "model", model)
+        self._model_variables = model_variables(model)
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.max_length = int(max_length)
-        self.beam_size = int(beam_size)
-        self.alpha = float(alpha)
+        self.decoding = decoding or DecodingConfig.from_legacy(beam_size=beam_size, alpha=alpha)
         self.stepper = EncoderDecoderStepper(model)
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
         self._is_wordpiece = isinstance(target_tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
 
+    @property
+    def beam_size(self):
+        """The beam size (1 unless decoding by beam search)."""
+        return self.decoding.beam_size if self.decoding.strategy == "beam" else 1
+
+    @property
+    def alpha(self):
+        return self.decoding.length_penalty
+
     def _search_ids(self, source_ids):
         state = self.stepper.initial_state(source_ids, self.max_length)
-        first = tf.fill([tf.shape(source_ids)[0]], 2)  # [START]
-        if self.beam_size == 1:
-            return search.greedy_search(self.stepper, state, first, self.max_length)
-        return search.beam_search(self.stepper, state, first, self.max_length,
-                                  beam_size=self.beam_size, alpha=self.alpha)
+        first = tf.fill([tf.shape(source_ids)[0]], START_ID)
+        return self.decoding.search(self.stepper, state, first, self.max_length)
 
     def tokenize(self, text):
         """`(B,)` strings → `(B, max_length)` int32 source ids (truncated, 0-padded).
@@ -111,7 +132,8 @@ class Translator(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="source_ids")])
     def translate_ids(self, source_ids):
         # Out-of-range ids raise on CPU but gather zeros silently on GPU: check.
-        vocabulary = self.stepper.source_embedding.vocab_size
+        vocabulary = (getattr(self.stepper.decoder, "source_vocab_size", None)
+                      or self.source_tokenizer.vocabulary_size())
         tf.debugging.assert_non_negative(source_ids, message="source_ids must be >= 0")
         tf.debugging.assert_less(source_ids, vocabulary, message=(
             f"source_ids must be < the source vocabulary size {vocabulary}"))
@@ -132,7 +154,7 @@ def load_translator(run_dir, **kwargs):
 
     `run_dir` holds what `keras-transformer train translation` writes:
     `best.keras`, `config.json`, `source_vocabulary/`, `target_vocabulary/`.
-    `kwargs` go to `Translator` (`beam_size`, `alpha`, `max_length`, ...);
+    `kwargs` go to `Translator` (`decoding`, `max_length`, ...);
     `max_length` defaults to the model's.
     """
     import json

@@ -1,6 +1,25 @@
-"""Model configuration and functional builders."""
+"""Model configuration, functional builders, and the cached forward pass of any model
+assembled from the layers."""
 
-from keras_transformer.models.builders import build_causal_lm, build_transformer
+from keras_transformer.models.builders import TransformerModel, build_causal_lm, build_transformer
+from keras_transformer.models.cached_decoding import (
+    CachedDecoding,
+    StructuredDecoder,
+    cached_decoder,
+    is_encoder_decoder,
+)
 from keras_transformer.models.config import TransformerConfig
+from keras_transformer.models.graph import ModelStructure, read_structure
 
-__all__ = ["TransformerConfig", "build_causal_lm", "build_transformer"]
+__all__ = [
+    "CachedDecoding",
+    "ModelStructure",
+    "StructuredDecoder",
+    "TransformerConfig",
+    "TransformerModel",
+    "build_causal_lm",
+    "build_transformer",
+    "cached_decoder",
+    "is_encoder_decoder",
+    "read_structure",
+]

@@ -3,6 +3,55 @@
 import keras
 
 from keras_transformer.layers import DecoderBlock, EncoderBlock, PositionalEmbedding
+from keras_transformer.models.cached_decoding import StructuredDecoder
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class TransformerModel(keras.Model):
+    """A functional model that owns its cached forward pass.
+
+    What `build_transformer` and `build_causal_lm` return: a functional
+    `keras.Model` (construct it like one, `TransformerModel(inputs,
+    outputs)`) with the cached-decoding protocol as methods (`encode`,
+    `initial_cache`, `call_with_cache`; see
+    `keras_transformer.models.cached_decoding`), read from its own graph by
+    layer types, so they hold for any names and for reloaded models.
+    """
+
+    def _decoder(self):
+        decoder = self.__dict__.get("_structured_decoder")
+        if decoder is None:
+            decoder = StructuredDecoder(self)
+            self.__dict__["_structured_decoder"] = decoder  # not tracked: holds layers
+        return decoder
+
+    @property
+    def is_encoder_decoder(self):
+        return self._decoder().is_encoder_decoder
+
+    @property
+    def source_vocab_size(self):
+        return self._decoder().source_vocab_size
+
+    @property
+    def max_length(self):
+        return self._decoder().max_length
+
+    def encode(self, source_ids):
+        """`(B, S)` source ids → `{"memory": (B, S, D), "source_mask": (B, S)}`."""
+        return self._decoder().encode(source_ids)
+
+    def initial_cache(self, batch_size, max_length, encoded=None):
+        """The empty cache for `batch_size` rows and `max_length` positions."""
+        return self._decoder().initial_cache(batch_size, max_length, encoded)
+
+    def call_with_cache(self, token_ids, cache, index):
+        """`(B, T)` ids at positions `index …` → `(logits (B, T, V), cache)`."""
+        return self._decoder().call_with_cache(token_ids, cache, index)
+
+    def call_with_cache_and_attention(self, token_ids, cache, index):
+        """`call_with_cache`, plus each decoder block's cross-attention `(B, N, T, S)`."""
+        return self._decoder().call_with_cache_and_attention(token_ids, cache, index)
 
 
 def build_transformer(config, name="transformer"):
@@ -13,7 +62,7 @@ def build_transformer(config, name="transformer"):
         name: the model's name.
 
     Returns:
-        A functional `keras.Model` with inputs `source_ids` `(B, S)` and
+        A functional `TransformerModel` with inputs `source_ids` `(B, S)` and
         `target_ids` `(B, T)` (int, 0 = padding) and float32 logits
         `(B, T, vocab_size)`. Teacher forcing: `target_ids` is the target
         shifted right (`[START] y`), the labels are `y [END]`.
@@ -40,7 +89,7 @@ def build_transformer(config, name="transformer"):
     if config.norm_first:
         y = _final_norm(config, "decoder_norm")(y)
     logits = _logits(config, target_embedding, y)
-    return keras.Model([source_ids, target_ids], logits, name=name)
+    return TransformerModel([source_ids, target_ids], logits, name=name)
 
 
 def build_causal_lm(config, name="causal_lm"):
@@ -48,7 +97,8 @@ def build_causal_lm(config, name="causal_lm"):
 
     Uses the decoder fields of `config` (`num_decoder_layers` blocks without
     cross-attention). Returns a functional `keras.Model` with input
-    `token_ids` `(B, T)` and float32 logits `(B, T, vocab_size)`.
+    `token_ids` `(B, T)` and float32 logits `(B, T, vocab_size)`, with the
+    cached-decoding methods of `TransformerModel`.
     """
     token_ids = keras.Input((None,), dtype="int32", name="token_ids")
     embedding = _embedding(config, config.vocab_size, "token_embedding")
@@ -58,7 +108,7 @@ def build_causal_lm(config, name="causal_lm"):
     if config.norm_first:
         x = _final_norm(config, "final_norm")(x)
     logits = _logits(config, embedding, x)
-    return keras.Model(token_ids, logits, name=name)
+    return TransformerModel(token_ids, logits, name=name)
 
 
 def _embedding(config, vocab_size, name):

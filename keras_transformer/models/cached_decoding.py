@@ -1,0 +1,163 @@
+"""The cached forward pass: the protocol every search decodes through.
+
+A model decodes with the package's searches (`Translator`, `TextGenerator`,
+greedy, beam and sampling) and exports to a SavedModel when it offers three
+things, the way keras-hub's `CausalLM.call_with_cache` and Flax's WMT
+`encode`/`decode` do:
+
+- `encode(source_ids)` (encoder–decoder models only): `(B, S)` int ids →
+  whatever the decoder needs from the source, a nest of tensors whose first
+  axis is the batch;
+- `initial_cache(batch_size, max_length, encoded=None)` → the cache, a nest
+  of tensors whose first axis is the batch (beam search repeats and gathers
+  its rows), with room for `max_length` positions;
+- `call_with_cache(token_ids, cache, index)`: `(B, T)` int ids at positions
+  `index … index + T - 1` → `(logits (B, T, V), cache)` with the new
+  positions' keys and values written into the cache.
+
+Optional attributes: `max_length` (the most positions the model accepts),
+`source_vocab_size` (checked against the ids a served model receives) and
+`is_encoder_decoder` (otherwise: whether `encode` exists).
+
+Every functional model assembled from the package's layers has these
+without writing them: `cached_decoder(model)` reads its structure
+(`keras_transformer.models.graph`) and returns a `StructuredDecoder`, the one
+implementation of the cached step. `build_transformer` and `build_causal_lm`
+return `TransformerModel`s, which carry the three methods themselves. A
+model with a shape of its own implements them (see the README).
+"""
+
+import typing
+
+import keras
+from keras import ops
+
+from keras_transformer.models.graph import read_structure
+
+
+@typing.runtime_checkable
+class CachedDecoding(typing.Protocol):
+    """What a model implements to decode with the package's searches."""
+
+    def initial_cache(self, batch_size, max_length, encoded=None): ...
+
+    def call_with_cache(self, token_ids, cache, index): ...
+
+
+def is_encoder_decoder(decoder):
+    """Whether `decoder` (a protocol object) needs `encode` before decoding."""
+    flag = getattr(decoder, "is_encoder_decoder", None)
+    if flag is not None:
+        return bool(flag)
+    return callable(getattr(decoder, "encode", None))
+
+
+def cached_decoder(model):
+    """`model` itself if it implements the protocol, else its `StructuredDecoder`.
+
+    Raises:
+        ValueError: `model` neither implements the protocol nor has a
+            structure `read_structure` can read (the message says where
+            reading stopped).
+    """
+    if isinstance(model, CachedDecoding):
+        return model
+    if isinstance(model, keras.Model):
+        return StructuredDecoder(model)
+    raise ValueError(
+        f"Expected a keras.Model built from the package's layers, or an object with "
+        f"`initial_cache` and `call_with_cache` (and `encode` for an encoder–decoder). "
+        f"Received: {type(model).__name__}"
+    )
+
+
+class StructuredDecoder:
+    """The cached-decoding protocol for a model `read_structure` can read.
+
+    The cache is a dict: `"self"`, each decoder block's self-attention cache
+    `(B, 2, L, N, H)`; with an encoder, `"cross"`, each block's
+    cross-attention keys/values `(B, 2, S, N, H)`, and `"source_mask"`
+    `(B, S)` bool. `encode` returns `{"memory": (B, S, D), "source_mask":
+    (B, S)}`. Padding is id 0 where the embedding has `mask_zero=True`;
+    otherwise every source position is attended to, as in the full pass.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.structure = read_structure(model)
+        self.decoder_blocks = self.structure.decoder.blocks
+        self.embedding = self.structure.decoder.embedding
+        encoder = self.structure.encoder
+        self.source_embedding = encoder.embedding if encoder else None
+        self.source_vocab_size = encoder.embedding.vocab_size if encoder else None
+        self.max_length = self.embedding.max_length
+
+    @property
+    def is_encoder_decoder(self):
+        return self.structure.encoder is not None
+
+    def encode(self, source_ids):
+        """`(B, S)` ids → `{"memory": (B, S, D), "source_mask": (B, S) bool}`."""
+        if not self.is_encoder_decoder:
+            raise ValueError(f"Model '{self.model.name}' is decoder-only: it has no encoder.")
+        source_ids = ops.cast(source_ids, "int32")
+        mask = self.source_embedding.compute_mask(source_ids)
+        if mask is None:
+            mask = ops.ones_like(source_ids, dtype="bool")
+        x = self.source_embedding(source_ids)
+        for kind, layer in self.structure.encoder.layers:
+            if kind == "block":
+                x = layer(x, padding_mask=mask, training=False)
+            else:
+                x = layer(x, training=False)
+        return {"memory": x, "source_mask": mask}
+
+    def initial_cache(self, batch_size, max_length, encoded=None):
+        """Zero self-attention caches, and the cross-attention keys/values of `encoded`."""
+        cache = {"self": [block.initial_self_attention_cache(batch_size, max_length)
+                          for block in self.decoder_blocks]}
+        if self.is_encoder_decoder:
+            if encoded is None:
+                raise ValueError("An encoder–decoder model needs `encoded` (from `encode`) "
+                                 "to make its initial cache.")
+            cache["cross"] = [block.compute_cross_attention_cache(encoded["memory"])
+                              for block in self.decoder_blocks]
+            cache["source_mask"] = encoded["source_mask"]
+        return cache
+
+    def call_with_cache(self, token_ids, cache, index):
+        """`(B, T)` ids at positions `index …` → float32 logits `(B, T, V)` and the cache."""
+        logits, cache, _ = self._decode(token_ids, cache, index, attention=False)
+        return logits, cache
+
+    def call_with_cache_and_attention(self, token_ids, cache, index):
+        """`call_with_cache`, plus each block's cross-attention `(B, N, T, S)`."""
+        return self._decode(token_ids, cache, index, attention=True)
+
+    def _decode(self, token_ids, cache, index, attention):
+        token_ids = ops.cast(token_ids, "int32")
+        x = self.embedding(token_ids, start_index=index)
+        # The new tokens are real tokens (the searches feed [PAD] only
+        # after [END], where nothing is read any more).
+        real = ops.ones_like(token_ids, dtype="bool")
+        self_caches, scores, block_index = [], [], 0
+        for kind, layer in self.structure.decoder.layers:
+            if kind == "reverse":
+                x = layer(x, reverse=True)
+                continue
+            if kind == "layer":
+                x = layer(x, training=False)
+                continue
+            kwargs = dict(decoder_padding_mask=real, training=False,
+                          self_attention_cache=cache["self"][block_index],
+                          self_attention_cache_index=index)
+            if self.is_encoder_decoder:
+                kwargs.update(encoder_padding_mask=cache["source_mask"],
+                              cross_attention_cache=cache["cross"][block_index])
+            outputs = layer(x, return_attention_scores=attention, **kwargs)
+            x, self_cache = outputs[0], outputs[1]
+            if attention:
+                scores.append(outputs[-1].get("cross_attention"))
+            self_caches.append(self_cache)
+            block_index += 1
+        return ops.cast(x, "float32"), {**cache, "self": self_caches}, scores
