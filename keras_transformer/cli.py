@@ -40,7 +40,7 @@ def _train_parser(subparsers):
 
 def _load_translate_function(model_path):
     """`list of str → list of str` for a SavedModel (base or version dir) or a run dir."""
-    if os.path.exists(os.path.join(model_path, "best.keras")):
+    if os.path.exists(os.path.join(model_path, "best.keras")):  # a translation run
         import tensorflow as tf
 
         from keras_transformer.generation import load_translator
@@ -56,15 +56,19 @@ def _load_translate_function(model_path):
     if not os.path.exists(os.path.join(model_path, "saved_model.pb")):
         model_path = os.path.join(model_path, latest_version(model_path))
     signature = load_saved_model(model_path).signatures["serving_default"]
+    # A translator takes `text` and answers `translation`; a text generator
+    # takes `prompt` and answers `text`.
+    ((input_name, _),) = signature.structured_input_signature[1].items()
+    output = "translation" if "translation" in signature.structured_outputs else "text"
     return lambda texts: [t.decode("utf-8") for t in
-                          signature(text=tf.constant(texts))["translation"].numpy()]
+                          signature(**{input_name: tf.constant(texts)})[output].numpy()]
 
 
 def _export(args):
     from keras_transformer.export import export_saved_model
-    from keras_transformer.generation import load_translator
+    from keras_transformer.generation import DecodingConfig, load_translator
 
-    translator = load_translator(args.run_dir, beam_size=args.beam_size, alpha=args.alpha)
+    translator = load_translator(args.run_dir, decoding=DecodingConfig.from_args(args))
     path = export_saved_model(translator, os.path.join(args.saved_models, args.name),
                               version=args.version)
     print(f"Exported {args.run_dir} to {path}")
@@ -102,6 +106,8 @@ def _evaluate(args):
 
 
 def _serving_parsers(subparsers):
+    from keras_transformer.generation.decoding import DecodingConfig
+
     defaults = argparse.ArgumentDefaultsHelpFormatter
     export = subparsers.add_parser(
         "export", formatter_class=defaults,
@@ -113,13 +119,13 @@ def _serving_parsers(subparsers):
                         help="base directory; the export goes to <this>/<name>/<version>/")
     export.add_argument("--version", type=int, default=None,
                         help="version number (default: one more than the highest present)")
-    export.add_argument("--beam-size", type=int, default=4, help="beam size (1 = greedy)")
-    export.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty")
+    DecodingConfig.add_arguments(export, DecodingConfig("beam", beam_size=4))
     export.set_defaults(run=_export)
 
     translate = subparsers.add_parser(
         "translate", formatter_class=defaults,
-        help="translate text given on the command line, or lines read from stdin")
+        help="translate text given on the command line, or lines read from stdin (with a "
+             "text generator's SavedModel: continue prompts)")
     translate.add_argument("model", help="saved_models/<name> (newest version), a version "
                                          "directory, or a training run directory")
     translate.add_argument("text", nargs="*", help="sentences (default: read stdin)")

@@ -75,3 +75,66 @@ def test_serving_commands_explain_every_option(command, capsys):
         if action.dest != "help":
             assert action.help, f"{command} {action.dest} has no help"
             assert (action.option_strings or [action.dest])[-1] in text
+
+
+def test_translation_recipe_takes_the_model_shape_from_config_and_flags(tmp_path, capsys):
+    import json
+
+    import keras
+
+    from keras_transformer import DecoderBlock
+
+    shape = tmp_path / "shape.json"
+    shape.write_text(json.dumps({"embed_dim": 48, "num_heads": 3, "num_encoder_layers": 1,
+                                 "num_decoder_layers": 3, "norm_first": True,
+                                 "positions": "learned", "max_length": 40}))
+    run_dir, saved = tmp_path / "run", tmp_path / "saved_models"
+    assert cli.main(["train", "translation", "--smoke", "--output-dir", str(run_dir),
+                     "--export-dir", str(saved / "shaped"), "--config", str(shape),
+                     "--ffn-dim", "80", "--num-heads", "4", "--moe-experts", "4",
+                     "--moe-every", "3", "--decoding", "greedy"]) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    # The file's fields, the flags over them, the vocabulary from the data.
+    assert {key: config[key] for key in ("embed_dim", "num_heads", "ffn_dim",
+                                         "num_encoder_layers", "num_decoder_layers",
+                                         "norm_first", "positions", "max_length", "moe",
+                                         "moe_every")} == {
+        "embed_dim": 48, "num_heads": 4, "ffn_dim": 80, "num_encoder_layers": 1,
+        "num_decoder_layers": 3, "norm_first": True, "positions": "learned", "max_length": 40,
+        "moe": {"num_experts": 4, "top_k": 2}, "moe_every": 3}
+    assert config["vocab_size"] < 400
+    model = keras.saving.load_model(run_dir / "best.keras")
+    blocks = [layer for layer in model.layers if isinstance(layer, DecoderBlock)]
+    assert [block.moe for block in blocks] == [None, None, {"num_experts": 4, "top_k": 2}]
+    assert "greedy" in capsys.readouterr().out
+    cli.main(["translate", str(saved / "shaped"), "one book"])
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_char_lm_recipe_takes_the_model_shape_and_decoding_from_flags(tmp_path, capsys):
+    import json
+
+    run_dir, saved = tmp_path / "run", tmp_path / "saved_models"
+    assert cli.main(["train", "char-lm", "--smoke", "--output-dir", str(run_dir),
+                     "--export-dir", str(saved / "lm"), "--layers", "2", "--dim", "24",
+                     "--heads", "3", "--context", "20", "--no-norm-first",
+                     "--decoding", "beam", "--beam-size", "2"]) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["num_decoder_layers"], config["embed_dim"], config["num_heads"],
+            config["ffn_dim"], config["max_length"], config["norm_first"]) == (
+        2, 24, 3, 96, 20, False)
+    capsys.readouterr()
+    # The exported generator answers `translate` with continued prompts.
+    cli.main(["translate", str(saved / "lm"), "First"])
+    assert capsys.readouterr().out.startswith("First")
+
+
+def test_bad_model_options_are_errors_that_say_what_was_received(tmp_path):
+    shape = tmp_path / "shape.json"
+    shape.write_text('{"embed_dim": 48, "layers": 3}')
+    with pytest.raises(ValueError, match=r"unknown TransformerConfig fields \['layers'\]"):
+        cli.main(["train", "translation", "--smoke", "--output-dir", str(tmp_path / "r"),
+                  "--config", str(shape)])
+    with pytest.raises(ValueError, match="embed_dim=50, num_heads=4"):
+        cli.main(["train", "translation", "--smoke", "--output-dir", str(tmp_path / "r"),
+                  "--embed-dim", "50"])

@@ -98,3 +98,10 @@ def test_char_lm_tokenizer_keeps_case_and_round_trips():
     ids = char_lm.encode(tokenizer, text)
     assert ids.min() > 0 and ids.max() < 128
     assert char_lm.decode(tokenizer, ids) == text
+
+
+def test_custom_model_example_trains_decodes_and_exports_its_own_model(tmp_path):
+    result = _load("custom_model").main(["--smoke", "--export-dir", str(tmp_path / "mine")])
+    assert result["loss"][-1] < result["loss"][0]
+    assert result["export_path"] == str(tmp_path / "mine" / "1")
+    assert result["served"] == result["translations"] and len(result["served"]) == 4

@@ -13,6 +13,7 @@ options (`--decoding`, `--beam-size`, `--length-penalty`, `--temperature`,
 `--top-k`, `--top-p`, `--seed`).
 """
 
+import argparse
 import dataclasses
 
 from keras_transformer.generation import search
@@ -110,24 +111,24 @@ class DecodingConfig:
         """
         default = default or DecodingConfig()
         group = parser.add_argument_group("decoding")
-        group.add_argument("--decoding", choices=STRATEGIES, default=None,
+        group.add_argument("--decoding", choices=STRATEGIES, default=argparse.SUPPRESS,
                            help="how tokens are chosen: greedy, beam search, or sampling "
                                 f"(default: {default.strategy}; beam when --beam-size > 1 "
                                 "is given alone)")
-        group.add_argument("--beam-size", type=int, default=None,
+        group.add_argument("--beam-size", type=int, default=argparse.SUPPRESS,
                            help=f"beams kept per sentence (default: {default.beam_size})")
         group.add_argument("--length-penalty", "--alpha", dest="length_penalty", type=float,
-                           default=None, help="GNMT length penalty α of beam search "
+                           default=argparse.SUPPRESS, help="GNMT length penalty α of beam search "
                                               f"(default: {default.length_penalty})")
-        group.add_argument("--temperature", type=float, default=None,
+        group.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
                            help=f"sampling temperature (default: {default.temperature})")
-        group.add_argument("--top-k", type=int, default=None,
+        group.add_argument("--top-k", type=int, default=argparse.SUPPRESS,
                            help="sample among the k most probable tokens, 0 = all "
                                 f"(default: {default.top_k})")
-        group.add_argument("--top-p", type=float, default=None,
+        group.add_argument("--top-p", type=float, default=argparse.SUPPRESS,
                            help="nucleus sampling: the smallest set of tokens reaching "
                                 f"probability p, 1 = all (default: {default.top_p})")
-        group.add_argument("--decoding-seed", type=int, default=None,
+        group.add_argument("--decoding-seed", type=int, default=argparse.SUPPRESS,
                            help=f"sampling seed (default: {default.seed})")
         parser.set_defaults(_decoding_default=default)
         return parser
@@ -136,13 +137,14 @@ class DecodingConfig:
     def from_args(cls, args):
         """The `DecodingConfig` of options parsed with `add_arguments`."""
         default = getattr(args, "_decoding_default", None) or cls()
-        values = {"beam_size": args.beam_size, "length_penalty": args.length_penalty,
-                  "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                  "seed": args.decoding_seed}
-        values = {key: value for key, value in values.items() if value is not None}
-        strategy = args.decoding
+        names = {"beam_size": "beam_size", "length_penalty": "length_penalty",
+                 "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+                 "seed": "decoding_seed"}
+        values = {field: getattr(args, name) for field, name in names.items()
+                  if getattr(args, name, None) is not None}
+        strategy = getattr(args, "decoding", None)
         if strategy is None:
             strategy = default.strategy
-            if args.beam_size is not None:
-                strategy = "beam" if args.beam_size > 1 else "greedy"
+            if "beam_size" in values:
+                strategy = "beam" if values["beam_size"] > 1 else "greedy"
         return dataclasses.replace(default, strategy=strategy, **values)

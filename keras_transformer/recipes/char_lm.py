@@ -38,8 +38,9 @@ import tensorflow as tf
 
 from keras_transformer.data import datasets, pipelines
 from keras_transformer.export import export_saved_model
-from keras_transformer.generation import TextGenerator, plots
+from keras_transformer.generation import DecodingConfig, TextGenerator, plots
 from keras_transformer.models import TransformerConfig, build_causal_lm
+from keras_transformer.recipes import model_options
 from keras_transformer.training import (
     distribute,
     MaskedSparseCategoricalCrossentropy,
@@ -78,6 +79,18 @@ def decode(tokenizer, ids):
     return text if isinstance(text, str) else text.numpy().decode("utf-8", "replace")
 
 
+# nanoGPT's block: pre-LN decoder blocks, learned positions, no dropout, input
+# and output embeddings tied; 2 layers of width 128, 4 heads, a context of 64
+# characters. ReLU instead of nanoGPT's GELU: the exact GELU is slow on CPU
+# (a fifth of each block's time), and under a clock the extra steps are worth
+# more. `--config` and the model flags change any of it.
+MODEL = TransformerConfig(vocab_size=128, max_length=64, embed_dim=128, num_heads=4,
+                          ffn_dim=512, num_encoder_layers=0, num_decoder_layers=2, dropout=0.0,
+                          norm_first=True, activation="relu", positions="learned")
+# The exported generator samples at temperature 0.8 among the 20 likeliest.
+DECODING = DecodingConfig("sample", temperature=0.8, top_k=20)
+
+
 def add_arguments(parser):
     """The recipe's options (shared by the example and `keras-transformer train`)."""
     parser.add_argument("--data", help="a local tiny-shakespeare copy (.txt or .txt.gz), read "
@@ -91,19 +104,20 @@ def add_arguments(parser):
                         help="wall-clock training budget (95 s: nanoGPT's figure)")
     parser.add_argument("--epochs", type=int, default=1000,
                         help="most passes over the text (the clock usually stops it first)")
-    parser.add_argument("--context", type=int, default=64, help="characters per window")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per batch")
-    parser.add_argument("--layers", type=int, default=2, help="decoder blocks")
-    parser.add_argument("--dim", type=int, default=128, help="model width")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads")
-    parser.add_argument("--activation", default="relu",
-                        help="FFN activation (exact GELU costs ~20 %% more time on CPU)")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate")
     parser.add_argument("--strategy", default="none", choices=["none", "mirrored", "tpu", "auto"],
                         help="tf.distribute strategy: none (one device), mirrored (all local "
                              "GPUs), tpu, or auto")
     parser.add_argument("--smoke", action="store_true", help="a tiny run for the tests")
     parser.add_argument("--seed", type=int, default=0, help="seed of data order and weights")
+    # `--context` (characters per window) is the model's `--max-length`;
+    # `--layers`, `--dim` and `--heads` are the older names of the shape flags.
+    model_options.add_model_arguments(
+        parser, MODEL, encoder=False,
+        aliases={"max_length": ["--context"], "num_decoder_layers": ["--layers"],
+                 "embed_dim": ["--dim"], "num_heads": ["--heads"]})
+    DecodingConfig.add_arguments(parser, DECODING)
     return parser
 
 
@@ -120,8 +134,11 @@ def run(args):
         # A fixed 3 epochs (81 steps), not a few seconds: compilation alone
         # takes 6 s here, so a short clock left a loaded machine a handful of
         # steps. The 1-minute budget only shapes the learning rate.
-        args.minutes, args.epochs = 1, 3
-        args.layers, args.dim, args.context, args.batch_size = 1, 32, 32, 16
+        args.minutes, args.epochs, args.batch_size = 1, 3, 16
+        # A small model, unless the model flags ask for another.
+        for name, value in (("num_decoder_layers", 1), ("embed_dim", 32), ("max_length", 32)):
+            if not hasattr(args, name):
+                setattr(args, name, value)
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -135,8 +152,13 @@ def run(args):
         text = SMOKE_TEXT
     else:
         text = datasets.shakespeare_text(data_dir=args.data_dir, local_file=args.data)
-    cut = int(len(text) * 0.9)
+    # The model's shape: `MODEL`, changed by `--config` and the model flags.
+    # The context (characters per window) is the model's `max_length`.
     tokenizer = character_tokenizer()
+    config = model_options.model_config(args, MODEL, vocab_size=tokenizer.vocabulary_size(),
+                                        num_encoder_layers=0)
+    context = config.max_length
+    cut = int(len(text) * 0.9)
     train_ids, val_ids = encode(tokenizer, text[:cut]), encode(tokenizer, text[cut:])
     print(f"{len(train_ids):,} training and {len(val_ids):,} validation characters")
 
@@ -145,24 +167,13 @@ def run(args):
     # the first. Training windows are reshuffled every epoch; validation
     # scores every character of the held-out tail once.
     train = pipelines.language_model_dataset(
-        train_ids, args.context, batch_size=args.batch_size, shuffle_buffer=len(train_ids),
+        train_ids, context, batch_size=args.batch_size, shuffle_buffer=len(train_ids),
         seed=args.seed, random_offset=True,
     )
-    val = pipelines.language_model_dataset(val_ids, args.context, batch_size=args.batch_size,
+    val = pipelines.language_model_dataset(val_ids, context, batch_size=args.batch_size,
                                          drop_remainder=False)
 
     # ## The model
-    #
-    # nanoGPT's block: pre-LN decoder blocks, learned positions, no dropout,
-    # input and output embeddings tied. ReLU instead of nanoGPT's GELU: the
-    # exact GELU is slow on CPU (a fifth of each block's time), and under a
-    # clock the extra steps are worth more.
-    config = TransformerConfig(
-        vocab_size=tokenizer.vocabulary_size(), max_length=args.context, embed_dim=args.dim,
-        num_heads=args.heads, ffn_dim=4 * args.dim, num_encoder_layers=0,
-        num_decoder_layers=args.layers, dropout=0.0, norm_first=True, activation=args.activation,
-        positions="learned",
-    )
     with open(os.path.join(args.output_dir, "config.json"), "w") as handle:
         json.dump(config.to_dict(), handle, indent=2)
     # `--strategy mirrored` spreads each batch over the local GPUs. (Several
@@ -198,7 +209,7 @@ def run(args):
     # ## Validation loss in nats per character
     scores = model.evaluate(val, return_dict=True, verbose=0)
     print(f"\nTrained for {seconds:.0f} s ({model.optimizer.iterations.numpy():,} steps of "
-          f"{args.batch_size}×{args.context} characters)")
+          f"{args.batch_size}×{context} characters)")
     print(f"Validation loss {scores['loss']:.3f} nats/char "
           f"(perplexity {scores['perplexity']:.2f}) on the last 10 % of the text; "
           "nanoGPT's CPU recipe: 1.87 in ~95 s")
@@ -212,8 +223,8 @@ def run(args):
     # with XLA (the prompt forced through the cache) and the detokenizer in
     # one `tf.Module`; `export_saved_model` writes it with a `generate`
     # signature (prompt and seed in, text out), which we load back and call.
-    generator = TextGenerator(model, tokenizer, max_length=args.context, temperature=0.8,
-                              top_k=20)
+    generator = TextGenerator(model, tokenizer, max_length=context,
+                              decoding=DecodingConfig.from_args(args))
     path = export_saved_model(generator, args.export_dir)
     generate = tf.saved_model.load(path).signatures["generate"]
     text = generate(prompt=tf.constant(["ROMEO:\n"]), seed=tf.constant(args.seed))["text"]

@@ -37,8 +37,9 @@ import tensorflow as tf
 from keras_transformer.data import datasets, generate_pairs, pipelines
 from keras_transformer.data import tokenizers as tk
 from keras_transformer.export import export_saved_model
-from keras_transformer.generation import Translator, evaluation, plots
+from keras_transformer.generation import DecodingConfig, Translator, evaluation, plots
 from keras_transformer.models import TransformerConfig, build_transformer
+from keras_transformer.recipes import model_options
 from keras_transformer.training import (
     AtomicBackupAndRestore,
     AtomicBestCheckpoint,
@@ -77,6 +78,13 @@ def split(pairs, validation_fraction, seed):
     return [pairs[i] for i in order[:cut]], [pairs[i] for i in order[cut:]]
 
 
+def describe(decoding):
+    """`beam 4`, `greedy` or `sampling` for the reports."""
+    if decoding.strategy == "beam":
+        return f"beam {decoding.beam_size}"
+    return {"greedy": "greedy", "sample": "sampling"}[decoding.strategy]
+
+
 def translate_texts(translator, texts, batch_size=64):
     """Strings → strings through the translator's compiled search."""
     return evaluation.translate_all(
@@ -84,6 +92,15 @@ def translate_texts(translator, texts, batch_size=64):
                        translator.translate(tf.constant(batch))["translation"].numpy()],
         texts, batch_size,
     )
+
+
+# A small Transformer: 2+2 layers of width 128 (the paper's base is 6+6 of
+# 512), with the target embedding tied to the output projection; sentences of
+# up to 48 word pieces. `--config` and the model flags change any of it.
+MODEL = TransformerConfig(max_length=48, embed_dim=128, num_heads=4, ffn_dim=512,
+                          num_encoder_layers=2, num_decoder_layers=2, dropout=0.1)
+# What the exported translator does: beam search of 4, GNMT's length penalty.
+DECODING = DecodingConfig("beam", beam_size=4, length_penalty=0.6)
 
 
 def add_arguments(parser):
@@ -108,14 +125,14 @@ def add_arguments(parser):
                              "bucket shape: slow to start on CPU)")
     parser.add_argument("--export-dir", default="saved_models/translator",
                         help="the SavedModel goes to <this>/<next version>/")
-    parser.add_argument("--beam-size", type=int, default=4,
-                        help="beam size of the exported translator (1 = greedy)")
     parser.add_argument("--strategy", default="none", choices=distribute.STRATEGIES,
                         help="tf.distribute strategy: none (one device), mirrored (all local "
                              "GPUs), multi_worker (workers from TF_CONFIG), tpu, or auto")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny run in seconds (for the tests)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, split and weights")
+    model_options.add_model_arguments(parser, MODEL)
+    DecodingConfig.add_arguments(parser, DECODING)
     return parser
 
 
@@ -163,11 +180,21 @@ def run(args):
     print(f"vocabularies: {source_tokenizer.vocabulary_size()} English, "
           f"{target_tokenizer.vocabulary_size()} Spanish word pieces")
 
+    # ## The model's shape
+    #
+    # `MODEL` above, changed by `--config` and the model flags; the
+    # vocabulary sizes are the trained vocabularies'.
+    config = model_options.model_config(
+        args, MODEL, vocab_size=target_tokenizer.vocabulary_size(),
+        source_vocab_size=source_tokenizer.vocabulary_size())
+    with open(os.path.join(run_dir, "config.json"), "w") as handle:
+        json.dump(config.to_dict(), handle, indent=2)
+
     # ## Input pipelines
     #
     # `((source_ids, [START] y), y [END])` batches, bucketed by length with a
     # budget of ~2,000 tokens a batch, so that little of each batch is padding.
-    max_length = 48
+    max_length = config.max_length
     common = dict(max_length=max_length, tokens_per_batch=2048)
     train = pipelines.translation_dataset(
         train_pairs, source_tokenizer, target_tokenizer,
@@ -177,21 +204,10 @@ def run(args):
 
     # ## The model
     #
-    # A small Transformer: 2+2 layers of width 128 (the paper's base is 6+6 of
-    # 512), with the target embedding tied to the output projection.
-    config = TransformerConfig(
-        vocab_size=target_tokenizer.vocabulary_size(),
-        source_vocab_size=source_tokenizer.vocabulary_size(),
-        max_length=max_length, embed_dim=128, num_heads=4, ffn_dim=512,
-        num_encoder_layers=2, num_decoder_layers=2, dropout=0.1,
-    )
-    with open(os.path.join(run_dir, "config.json"), "w") as handle:
-        json.dump(config.to_dict(), handle, indent=2)
-    # The paper's schedule, rising for 400 steps to a peak of 3.1e-3 and then
-    # falling as 1/√step. A 5-minute run makes about 1,670 steps; the earlier
-    # 1,000 warm-up steps at twice the scale (peak 5.6e-3) kept the rate near
-    # its peak to the end, and training accuracy fell back by 2-4 points
-    # mid-run on both seeds measured (see README).
+    # The paper's schedule, rising for 400 steps to a peak of 3.1e-3 (at
+    # width 128) and then falling as 1/√step: a 5-minute run makes about
+    # 1,670 steps, and a longer or higher warm-up keeps the rate near its
+    # peak to the end of such a run.
     with strategy.scope():  # variables, optimizer and metrics on every replica
         model = build_transformer(config)
         model.compile(
@@ -228,20 +244,22 @@ def run(args):
 
     # ## Translating held-out sentences
     #
-    # The best checkpoint behind a `Translator`: tokenizer → cached beam
-    # search compiled with XLA → detokenizer, all TensorFlow graph code. We
-    # score held-out sentences by exact match and BLEU (case-blind: the
-    # WordPiece vocabulary is lowercased).
+    # The best checkpoint behind a `Translator`: tokenizer → cached search
+    # (beam search of 4 unless the decoding options say otherwise) compiled
+    # with XLA → detokenizer, all TensorFlow graph code. We score held-out
+    # sentences by exact match and BLEU (case-blind: the WordPiece vocabulary
+    # is lowercased).
     best = keras.saving.load_model(os.path.join(args.output_dir, "best.keras"))
+    decoding = DecodingConfig.from_args(args)
     translator = Translator(best, source_tokenizer, target_tokenizer, max_length=max_length,
-                            beam_size=args.beam_size)
+                            decoding=decoding)
     sample = val_pairs[: 16 if args.smoke else 500]
     hypotheses = translate_texts(translator, [english for english, _ in sample])
     references = [spanish for _, spanish in sample]
     accuracy = float(np.mean([h == r.lower() for h, r in zip(hypotheses, references)]))
     quality = evaluation.score(hypotheses, references, lowercase=True)
     print(f"\nTrained for {seconds:.0f} s; validation loss {min(history.history['val_loss']):.3f}")
-    print(f"On {len(sample)} held-out sentences (beam {args.beam_size}): exact match "
+    print(f"On {len(sample)} held-out sentences ({describe(decoding)}): exact match "
           f"{accuracy:.1%}, BLEU {quality['bleu']:.1f}, chrF {quality['chrf']:.1f}\n")
     for (english, spanish), hypothesis in list(zip(sample, hypotheses))[:6]:
         print(f"  {english}\n    → {hypothesis}\n    (reference: {spanish})")
