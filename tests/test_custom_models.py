@@ -200,30 +200,29 @@ def serve_once(base, body):
         httpd.server_close()
 
 
-def test_a_user_translation_model_exports_and_serves(translator, tmp_path):
+def check_export_and_serve(module, texts, input_name, output_key, tmp_path):
+    """The SavedModel, in a fresh TensorFlow-only process and behind the server,
+    answers exactly what `module` answers in process."""
     base = str(tmp_path / "saved" / "mine")
-    path = export_saved_model(translator, base)
-    expected = [t.decode("utf-8") for t in
-                translator.translate(tf.constant(TEXTS))["translation"].numpy()]
+    path = export_saved_model(module, base)
+    in_process = module.serving_signatures()["serving_default"](
+        **{input_name: tf.constant(texts)})
+    expected = [t.decode("utf-8") for t in in_process[output_key].numpy()]
     served = run_with_tensorflow_only(
-        FRESH.format(path=path, name="text", texts=TEXTS, key="translation"),
+        FRESH.format(path=path, name=input_name, texts=texts, key=output_key),
         tmp_path / "site")
     assert served == {"text": expected, "loaded": []}
-    status, answer = serve_once(base, {"instances": TEXTS})
+    status, answer = serve_once(base, {"instances": texts})
     assert status == 200
-    assert [row["translation"] for row in answer["predictions"]] == expected
+    assert [row[output_key] for row in answer["predictions"]] == expected
+
+
+def test_a_user_translation_model_exports_and_serves(translator, tmp_path):
+    check_export_and_serve(translator, TEXTS, "text", "translation", tmp_path)
 
 
 def test_a_user_language_model_exports_and_serves(generator, tmp_path):
-    base = str(tmp_path / "saved" / "lm")
-    path = export_saved_model(generator, base)
-    expected = [t.decode("utf-8") for t in
-                generator.generate_text(tf.constant(PROMPTS))["text"].numpy()]
-    served = run_with_tensorflow_only(
-        FRESH.format(path=path, name="prompt", texts=PROMPTS, key="text"), tmp_path / "site")
-    assert served == {"text": expected, "loaded": []}
-    status, answer = serve_once(base, {"instances": PROMPTS})
-    assert status == 200 and [row["text"] for row in answer["predictions"]] == expected
+    check_export_and_serve(generator, PROMPTS, "prompt", "text", tmp_path)
 
 
 def test_a_sequential_language_model_decodes():
