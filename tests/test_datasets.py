@@ -38,13 +38,40 @@ def test_spa_eng_from_a_local_archive(tmp_path):
         "spa_eng", data_dir=str(tmp_path / "tfds"), local_file=archive
     )
     assert sorted(as_strings(pairs)) == sorted(PAIRS)
-    builder = datasets.SpaEng(data_dir=str(tmp_path / "tfds"))
+    builder = datasets.SpaEng(data_dir=str(tmp_path / "tfds"), local_file=archive)
     assert builder.info.supervised_keys == ("en", "es")
     assert builder.info.splits["train"].num_examples == len(PAIRS)
     # Spanish → English by swapping the keys.
     reverse = datasets.translation_pairs("spa_eng", data_dir=str(tmp_path / "tfds"),
-                                         reverse=True)
+                                         local_file=archive, reverse=True)
     assert sorted(as_strings(reverse)) == sorted((es, en) for en, es in PAIRS)
+
+
+OTHER_PAIRS = [("Hello.", "Hola."), ("Thank you.", "Gracias."), ("I am here.", "Estoy aquí."),
+               ("Run!", "¡Corre!")]
+
+
+def test_each_local_archive_gives_its_own_pairs_from_one_data_dir(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    first = write_spa_eng_zip(tmp_path / "a.zip", PAIRS)
+    second = write_spa_eng_zip(tmp_path / "b.zip", OTHER_PAIRS)
+    for archive, pairs in ((first, PAIRS), (second, OTHER_PAIRS), (first, PAIRS)):
+        loaded = datasets.translation_pairs("spa_eng", data_dir=data_dir, local_file=archive)
+        assert sorted(as_strings(loaded)) == sorted(pairs), archive
+    # Changed in place: the new content, not the cache of the old one.
+    write_spa_eng_zip(tmp_path / "a.zip", OTHER_PAIRS[:2])
+    loaded = datasets.translation_pairs("spa_eng", data_dir=data_dir, local_file=first)
+    assert sorted(as_strings(loaded)) == sorted(OTHER_PAIRS[:2])
+    # The prepared data sits under a configuration named by the content.
+    builder = datasets.SpaEng(data_dir=data_dir, local_file=first)
+    assert builder.builder_config.name == f"local_{datasets.file_digest(first)}"
+
+
+def test_each_local_shakespeare_file_gives_its_own_text(tmp_path):
+    data_dir, path = str(tmp_path / "tfds"), tmp_path / "input.txt"
+    for text in ("First Citizen:\nSpeak.\n" * 5, "ROMEO:\nBut soft!\n" * 5):
+        path.write_text(text, encoding="utf-8")  # the same name, other content
+        assert datasets.shakespeare_text(data_dir=data_dir, local_file=path) == text
 
 
 def test_spa_eng_downloads_from_the_official_address(tmp_path, monkeypatch):
@@ -59,6 +86,11 @@ def test_spa_eng_downloads_from_the_official_address(tmp_path, monkeypatch):
     pairs = datasets.translation_pairs("spa_eng", data_dir=str(tmp_path / "tfds"))
     assert requested == [datasets.SPA_ENG_URL]
     assert len(as_strings(pairs)) == len(PAIRS)
+    # Prepared once: the second load reads the prepared data, no download.
+    again = datasets.translation_pairs("spa_eng", data_dir=str(tmp_path / "tfds"))
+    assert requested == [datasets.SPA_ENG_URL]
+    assert sorted(as_strings(again)) == sorted(PAIRS)
+    assert os.path.isdir(tmp_path / "tfds" / "spa_eng" / "1.0.0")
 
 
 def test_spa_eng_rejects_a_wrong_archive(tmp_path):

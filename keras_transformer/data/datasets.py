@@ -16,8 +16,12 @@ beside this module where the checksum is known) or take a local copy through
 the builder argument `local_file` (for machines without internet). A local
 tiny-shakespeare file may hold the whole corpus or only its first 90 % (then
 there is no `test` split). TFDS caches the prepared dataset under `data_dir`
-(`~/tensorflow_datasets` by default): pass a fresh `data_dir` to re-read a
-different local file.
+(`~/tensorflow_datasets` by default). Data prepared from a local file is kept
+under a builder configuration named after the file's content
+(`<data_dir>/spa_eng/local_<sha256 prefix>/1.0.0`), so another file, or the
+same file changed in place, is prepared anew and never read from the cache
+of an earlier one; the official download keeps the default place
+(`<data_dir>/spa_eng/1.0.0`) and is prepared once.
 
 `translation_pairs(name, ...)` reads these or any TFDS translation dataset
 with supervised keys (`ted_hrlr_translate/pt_to_en`, `wmt14_translate/de-en`,
@@ -26,6 +30,7 @@ with supervised keys (`ted_hrlr_translate/pt_to_en`, `wmt14_translate/de-en`,
 """
 
 import gzip
+import hashlib
 import io
 import os
 import zipfile
@@ -50,6 +55,32 @@ def _check_local_file(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`local_file` must be an existing file. Received: {path!r}")
     return path
+
+
+def file_digest(path, length=16):
+    """The first `length` hex digits of the SHA-256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+class _LocalFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder that reads `local_file` instead of downloading, when given.
+
+    Data prepared from a local file goes under the builder configuration
+    `local_<sha256 prefix of its bytes>`: the cache is keyed by the content
+    it was prepared from.
+    """
+
+    def __init__(self, *, local_file=None, config=None, **kwargs):
+        self._local_file = _check_local_file(local_file)
+        if self._local_file and config is None:
+            config = tfds.core.BuilderConfig(
+                name=f"local_{file_digest(self._local_file)}",
+                description=f"prepared from the local file {self._local_file}")
+        super().__init__(config=config, **kwargs)
 
 
 def read_spa_eng(path):
@@ -88,7 +119,7 @@ def read_text(path):
         return handle.read()
 
 
-class SpaEng(tfds.core.GeneratorBasedBuilder):
+class SpaEng(_LocalFileBuilder):
     """Anki/Tatoeba English–Spanish sentence pairs (CC-BY 2.0, manythings.org/anki).
 
     Builder argument `local_file`: a local `spa-eng.zip` (or `spa.txt`) to
@@ -97,10 +128,6 @@ class SpaEng(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "English–Spanish pairs, one train split."}
-
-    def __init__(self, *, local_file=None, **kwargs):
-        self._local_file = _check_local_file(local_file)
-        super().__init__(**kwargs)
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -120,7 +147,7 @@ class SpaEng(tfds.core.GeneratorBasedBuilder):
             yield i, {"en": english, "es": spanish}
 
 
-class ShakespeareChar(tfds.core.GeneratorBasedBuilder):
+class ShakespeareChar(_LocalFileBuilder):
     """tiny-shakespeare (char-rnn's `input.txt`) for character language models.
 
     Builder argument `local_file`: a local copy (`.txt` or `.txt.gz`) of the
@@ -129,10 +156,6 @@ class ShakespeareChar(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "train = first 90 % of the corpus, test = the rest."}
-
-    def __init__(self, *, local_file=None, **kwargs):
-        self._local_file = _check_local_file(local_file)
-        super().__init__(**kwargs)
 
     def _info(self):
         return tfds.core.DatasetInfo(
