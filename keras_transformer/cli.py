@@ -87,8 +87,11 @@ def _translate(args):
 def _serve(args):
     from keras_transformer.export.server import serve
 
-    serve(args.model, host=args.host, port=args.port)
-    return 0
+    return serve(args.model, host=args.host, port=args.port, batching=args.batching,
+                 max_batch_size=args.max_batch_size,
+                 batch_timeout_micros=args.batch_timeout_micros,
+                 max_queued_instances=args.max_queued_instances,
+                 max_connections=args.max_connections, max_body_bytes=args.max_body_bytes)
 
 
 def _evaluate(args):
@@ -138,6 +141,20 @@ def _serving_parsers(subparsers):
     serve.add_argument("model", help="saved_models/<name>; serves its newest version as <name>")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8501, help="port (TF Serving's REST port)")
+    serve.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                       help="run concurrent requests together in one model call")
+    serve.add_argument("--max-batch-size", type=int, default=64,
+                       help="the most instances one model call runs")
+    serve.add_argument("--batch-timeout-micros", type=int, default=2000,
+                       help="how long a request waits for others to join its batch")
+    serve.add_argument("--max-queued-instances", type=int, default=2048,
+                       help="instances waiting at most; beyond, requests get 503 with "
+                            "Retry-After")
+    serve.add_argument("--max-connections", type=int, default=1024,
+                       help="open connections at most (also the listen backlog); beyond, "
+                            "503 with Retry-After")
+    serve.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+                       help="the largest request body accepted (413 above)")
     serve.set_defaults(run=_serve)
 
     evaluate = subparsers.add_parser(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import threading
 import urllib.error
 import urllib.request
@@ -10,20 +11,34 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer.export import export_saved_model
-from keras_transformer.export.server import ModelServer, make_handler
+from keras_transformer.export.server import ModelHTTPServer, ModelServer, make_handler
 from tests.test_export import translator  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
-def server(translator, tmp_path_factory):  # noqa: F811
-    from http.server import ThreadingHTTPServer
-
+def exported_base(translator, tmp_path_factory):  # noqa: F811
     base = tmp_path_factory.mktemp("serving") / "translator"
     export_saved_model(translator, str(base))
-    model = ModelServer(str(base), max_batch=8)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(model))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    return str(base)
+
+
+def start(model, **handler_options):
+    """A `ModelHTTPServer` for `model` on a free port of 127.0.0.1, serving in a thread."""
+    httpd = ModelHTTPServer(("127.0.0.1", 0), make_handler(model, **handler_options))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+@pytest.fixture(scope="module")
+def model_server(exported_base):
+    model = ModelServer(exported_base, max_batch=8)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def server(translator, model_server):  # noqa: F811
+    httpd = start(model_server, max_body_bytes=1024 * 1024)
     yield f"http://127.0.0.1:{httpd.server_address[1]}", translator
     httpd.shutdown()
     httpd.server_close()
@@ -108,3 +123,150 @@ def test_a_corrupted_saved_model_gives_an_error_naming_it(tmp_path, translator):
         ModelServer(str(base))
     with pytest.raises(FileNotFoundError, match="No SavedModel version"):
         ModelServer(str(tmp_path / "empty"))
+
+
+def raw_request(url, method, path, headers=None, body=b""):
+    """One request with exactly these headers: `(status, headers, JSON answer)`."""
+    import http.client
+    import urllib.parse
+
+    address = urllib.parse.urlparse(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+    try:
+        connection.putrequest(method, path)
+        for key, value in (headers or {}).items():
+            connection.putheader(key, value)
+        connection.endheaders()
+        if body:
+            connection.send(body)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("headers, body, code, message", [
+    ({"Content-Length": "200001"}, b"[" * 100000 + b"]" * 100000 + b"\n", 400,
+     "nested too deeply"),
+    ({"Content-Length": "-5"}, b"", 400, "non-negative integer"),
+    ({"Content-Length": "ten"}, b"", 400, "non-negative integer"),
+    ({}, b"", 411, "Content-Length"),
+    ({"Content-Length": str(2 * 1024 * 1024)}, b"", 413, "limit is 1048576 bytes"),
+])
+def test_malformed_http_is_a_4xx_and_the_server_keeps_serving(server, headers, body, code,
+                                                            message):
+    url, _ = server
+    status, _, answer = raw_request(url, "POST", "/v1/models/translator:predict", headers, body)
+    assert status == code and message in answer["error"], answer
+    status, _ = request(f"{url}/v1/models/translator:predict", {"instances": ["one book"]})
+    assert status == 200
+
+
+def test_a_server_error_is_a_500_naming_what_failed(server, model_server, monkeypatch):
+    url, _ = server
+
+    def broken(key, values):
+        raise RuntimeError("the disk went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model_server, "_call", broken)
+        status, answer = request(f"{url}/v1/models/translator:predict", {"instances": ["a"]})
+    assert status == 500
+    assert "RuntimeError: the disk went away" in answer["error"]
+    assert "POST /v1/models/translator:predict" in answer["error"]
+    status, _ = request(f"{url}/v1/models/translator:predict", {"instances": ["one book"]})
+    assert status == 200
+
+
+def concurrent_requests(url, bodies):
+    """Sends each body from its own thread at once; `(status, headers, answer)` each,
+    or the exception a client got."""
+    results = [None] * len(bodies)
+    start_together = threading.Barrier(len(bodies))
+
+    def client(i):
+        start_together.wait()
+        try:
+            results[i] = raw_request(url, "POST", "/v1/models/translator:predict",
+                                     {"Content-Type": "application/json",
+                                      "Content-Length": str(len(bodies[i]))}, bodies[i])
+        except Exception as error:  # noqa: BLE001 (a reset connection, say)
+            results[i] = error
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    return results
+
+
+def test_256_concurrent_clients_all_get_their_own_answers(translator, exported_base):  # noqa: F811
+    model = ModelServer(exported_base)
+    httpd = start(model)
+    texts = [f"{i} books and {i % 7} houses" for i in range(256)]
+    expected = [t.decode("utf-8") for t in
+                translator.translate(tf.constant(texts))["translation"].numpy()]
+    try:
+        results = concurrent_requests(f"http://127.0.0.1:{httpd.server_address[1]}",
+                                      [json.dumps({"instances": [t]}).encode() for t in texts])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        model.close()
+    assert [r if isinstance(r, Exception) else r[0] for r in results] == [200] * 256
+    assert [r[2]["predictions"][0]["translation"] for r in results] == expected
+    assert model.batcher.calls <= 256 // 4  # batched: 256 requests in few model calls
+
+
+def test_a_full_queue_answers_503_with_retry_after_never_a_reset(exported_base):
+    model = ModelServer(exported_base, max_batch_size=1, batch_timeout_micros=0,
+                        max_queued_instances=2)
+    httpd = start(model)
+    body = json.dumps({"instances": ["seven plus five is twelve"]}).encode()
+    try:
+        results = concurrent_requests(f"http://127.0.0.1:{httpd.server_address[1]}",
+                                      [body] * 48)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        model.close()
+    assert not [r for r in results if isinstance(r, Exception)]
+    statuses = [status for status, _, _ in results]
+    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
+    busy = [(headers, answer) for status, headers, answer in results if status == 503]
+    assert all(headers.get("Retry-After") == "1" and "busy" in answer["error"]
+               for headers, answer in busy)
+
+
+def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(exported_base):
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_transformer.cli", "serve", exported_base, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        line = process.stdout.readline()  # "Serving 'translator' version 1 on http://..."
+        url = line.split(" on ")[1].split("/v1/")[0]
+        # A long request: 1,024 sentences in one call (more than a batch: it runs alone).
+        big = json.dumps({"instances": [f"{i} books" for i in range(1024)]}).encode()
+        answer = []
+        client = threading.Thread(target=lambda: answer.append(raw_request(
+            url, "POST", "/v1/models/translator:predict",
+            {"Content-Length": str(len(big))}, big)))
+        client.start()
+        time.sleep(1.0)
+        assert client.is_alive(), "the request finished before SIGTERM: make it longer"
+        process.send_signal(signal.SIGTERM)
+        client.join(timeout=300)
+        assert process.wait(timeout=120) == 0
+        status, _, body = answer[0]
+        assert status == 200 and len(body["predictions"]) == 1024
+        with pytest.raises(ConnectionRefusedError):
+            raw_request(url, "GET", "/v1/models/translator")
+        assert "Stopped serving" in process.stdout.read()
+    finally:
+        process.kill()

@@ -16,14 +16,25 @@ unchanged:
   `source_ids`).
 - `GET /v1/models/<name>` answers the version status.
 
-Bad requests (not JSON, wrong fields or types, an unknown model, more than
-`max_batch` instances) get a 4xx answer with `{"error": "..."}`; the server
-keeps serving. It needs TensorFlow and tensorflow-text only.
+Under load: concurrent requests are batched into one model call
+(`keras_transformer.export.batching`: `max_batch_size`,
+`batch_timeout_micros`, a bounded queue); a full queue, or more than
+`max_connections` open connections, is answered 503 with `Retry-After`, never
+a reset connection; the listen backlog holds `max_connections` connections.
+Request bodies are limited to `max_body_bytes` (8 MiB by default: 413 above).
+Bad requests (not JSON, JSON nested too deeply, a missing, negative or
+non-numeric `Content-Length`, wrong fields or types, an unknown model, more
+than `max_batch` instances) get a 4xx answer with `{"error": "..."}`; a
+failure of the server itself is a 500 that names what failed; either way the
+server keeps serving. SIGTERM (or Ctrl-C) stops it gracefully: no new
+connections, the requests in flight are answered, exit status 0. It needs
+TensorFlow and tensorflow-text only.
 """
 
 import json
 import os
 import re
+import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,16 +42,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops of the graph)
 
+from keras_transformer.export.batching import Batcher, QueueFull
+
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
 _STATUS = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?$")
 
 
 class RequestError(Exception):
-    """A client error: HTTP `status` with a message for the client."""
+    """A client error (or 503): HTTP `status` with a message for the client."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, headers=None):
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
 
 
 def latest_version(base_dir):
@@ -74,9 +88,15 @@ class ModelServer:
         max_chars: longer texts are cut to this many characters (the model
             truncates to its token limit anyway; this bounds the tokenizer's
             work on huge inputs).
+        batching: run concurrent requests together (see
+            `keras_transformer.export.batching`); False runs each request
+            alone, one at a time.
+        max_batch_size, batch_timeout_micros, max_queued_instances: the
+            batching settings (TF Serving's names).
     """
 
-    def __init__(self, base_dir, max_batch=1024, max_chars=10_000):
+    def __init__(self, base_dir, max_batch=1024, max_chars=10_000, *, batching=True,
+                 max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048):
         self.base_dir = os.path.abspath(base_dir)
         self.name = os.path.basename(self.base_dir.rstrip("/"))
         self.version = latest_version(self.base_dir)
@@ -84,6 +104,36 @@ class ModelServer:
         self.max_batch = max_batch
         self.max_chars = max_chars
         self._lock = threading.Lock()
+        self.batcher = None
+        if batching:
+            self.batcher = Batcher(lambda key, values: self._call(key, values),
+                                   max_batch_size=max_batch_size,
+                                   batch_timeout_micros=batch_timeout_micros,
+                                   max_queued_instances=max_queued_instances)
+
+    def close(self):
+        """Answers what is queued, then stops the batching worker."""
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    def _call(self, key, values):
+        """One model call: `key` = (signature name, input name); arrays out."""
+        signature_name, input_name = key[:2]
+        signature = self.model.signatures[signature_name]
+        dtype = tf.string if isinstance(values, list) else tf.int32
+        outputs = signature(**{input_name: tf.constant(values, dtype)})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def _run(self, signature_name, input_name, values):
+        if self.batcher is None or len(values) == 0:
+            with self._lock:  # one request at a time through the model
+                return self._call((signature_name, input_name), values)
+        shape = () if isinstance(values, list) else values.shape[1:]
+        try:
+            return self.batcher.submit((signature_name, input_name, shape), values)
+        except QueueFull as error:
+            raise RequestError(503, f"The server is busy: {error} Retry shortly.",
+                               {"Retry-After": "1"}) from None
 
     def _signature(self, name):
         signatures = self.model.signatures
@@ -112,6 +162,8 @@ class ModelServer:
             request = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise RequestError(400, f"The request body is not valid JSON: {error}") from None
+        except RecursionError:
+            raise RequestError(400, "The request body is JSON nested too deeply.") from None
         if not isinstance(request, dict):
             raise RequestError(400, "The request must be a JSON object with 'instances' or "
                                     f"'inputs'. Received a {type(request).__name__}.")
@@ -136,26 +188,27 @@ class ModelServer:
         if len(values) > self.max_batch:
             raise RequestError(413, f"{len(values)} instances in one request; the limit is "
                                     f"{self.max_batch}. Split the request.")
-        tensor = self._to_tensor(input_name, values, spec.dtype)
-        with self._lock:  # one batch at a time through the model
-            try:
-                outputs = signature(**{input_name: tensor})
-            except tf.errors.InvalidArgumentError as error:  # e.g. ids over the vocabulary
-                lines = [line for line in error.message.splitlines() if "must be" in line]
-                raise RequestError(400, (lines or [error.message])[0].strip()[:300]) from None
-        outputs = {key: _to_json(value.numpy()) for key, value in outputs.items()}
+        values = self._check_values(input_name, values, spec.dtype)
+        try:
+            outputs = self._run(signature_name, input_name, values)
+        except tf.errors.InvalidArgumentError as error:  # e.g. ids over the vocabulary
+            lines = [line for line in error.message.splitlines() if "must be" in line]
+            raise RequestError(400, (lines or [error.message])[0].strip()[:300]) from None
+        outputs = {key: _to_json(value) for key, value in outputs.items()}
         if not row_format:
             return {"outputs": outputs}
         keys = sorted(outputs)
         return {"predictions": [dict(zip(keys, row))
                                 for row in zip(*(outputs[k] for k in keys))]}
 
-    def _to_tensor(self, input_name, values, dtype):
+    def _check_values(self, input_name, values, dtype):
+        """The request's values as the model takes them: a list of strings, or
+        an int32 array `(B, L)`."""
         if dtype == tf.string:  # `text` of a translator, `prompt` of a text generator
             if not all(isinstance(v, str) for v in values):
                 raise RequestError(400, f"Every instance of '{input_name}' must be a string. "
                                         f"Received: {[type(v).__name__ for v in values][:5]}")
-            return tf.constant([v[: self.max_chars] for v in values], tf.string)
+            return [v[: self.max_chars] for v in values]
         try:
             array = np.array(values, dtype=np.int64)
         except (TypeError, ValueError, OverflowError):
@@ -166,7 +219,7 @@ class ModelServer:
                                     f"non-empty. Received shape {array.shape}.")
         if array.min() < 0 or array.max() > np.iinfo(np.int32).max:
             raise RequestError(400, f"'{input_name}' holds ids outside [0, 2^31).")
-        return tf.constant(array, tf.int32)
+        return array.astype(np.int32)
 
 
 def _to_json(array):
@@ -175,19 +228,54 @@ def _to_json(array):
     return array.tolist()
 
 
-def make_handler(server_model):
+def make_handler(server_model, max_body_bytes=8 * 1024 * 1024, idle_timeout=30):
+    """The request handler class for `server_model` (a `ModelServer`).
+
+    `max_body_bytes` bounds a request body (413 above); an idle keep-alive
+    connection is closed after `idle_timeout` seconds.
+    """
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = idle_timeout
 
-        def _answer(self, status, payload):
+        def _answer(self, status, payload, headers=None):
             body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            if getattr(self.server, "draining", False):
+                self.close_connection = True
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
+        def _read_body(self):
+            text = self.headers.get("Content-Length")
+            if self.headers.get("Transfer-Encoding") or text is None:
+                self.close_connection = True
+                raise RequestError(411, "A POST needs a Content-Length header (chunked "
+                                        "transfer encoding is not supported).")
+            try:
+                length = int(text)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.close_connection = True  # the body's end is unknown
+                raise RequestError(400, "Content-Length must be a non-negative integer. "
+                                        f"Received: {text[:40]!r}.")
+            if length > max_body_bytes:
+                self.close_connection = True  # the body is not read
+                raise RequestError(413, f"Request body of {length} bytes is too large; the "
+                                        f"limit is {max_body_bytes} bytes.")
+            return self.rfile.read(length)
+
         def _handle(self, method):
+            track = getattr(self.server, "track_request", None)
+            if track:
+                track(+1)
             try:
                 path = self.path.split("?")[0]
                 if method == "POST":
@@ -195,10 +283,7 @@ def make_handler(server_model):
                     if not match:
                         raise RequestError(404, f"No such endpoint: POST {path}. Expected "
                                                 "/v1/models/<name>:predict.")
-                    length = int(self.headers.get("Content-Length") or 0)
-                    if length > 64 * 1024 * 1024:
-                        raise RequestError(413, f"Request body of {length} bytes is too large.")
-                    body = self.rfile.read(length)
+                    body = self._read_body()
                     self._answer(200, server_model.predict(*match.groups(), body))
                 else:
                     match = _STATUS.match(path)
@@ -206,9 +291,13 @@ def make_handler(server_model):
                         raise RequestError(404, f"No such endpoint: GET {path}.")
                     self._answer(200, server_model.status(*match.groups()))
             except RequestError as error:
-                self._answer(error.status, {"error": str(error)})
-            except Exception as error:  # the server keeps serving
-                self._answer(500, {"error": f"{type(error).__name__}: {error}"})
+                self._answer(error.status, {"error": str(error)}, error.headers)
+            except Exception as error:  # noqa: BLE001 (the server keeps serving)
+                self._answer(500, {"error": f"Internal error while answering {method} "
+                                            f"{self.path}: {type(error).__name__}: {error}"})
+            finally:
+                if track:
+                    track(-1)
 
         def do_POST(self):  # noqa: N802
             self._handle("POST")
@@ -223,15 +312,97 @@ def make_handler(server_model):
     return Handler
 
 
-def serve(base_dir, host="127.0.0.1", port=8501, ready=None):
-    """Serves `base_dir` until interrupted. `ready(server)` is called once listening."""
-    model = ModelServer(base_dir)
-    httpd = ThreadingHTTPServer((host, port), make_handler(model))
+class ModelHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server with a listen backlog that fits and a bound on
+    open connections.
+
+    Up to `max_connections` connections are served at once (a thread each,
+    mostly waiting on the batching queue); one more is answered 503 with
+    `Retry-After` and closed. `request_queue_size` (the listen backlog) is the
+    same bound, so a burst of connections waits in the kernel's queue instead
+    of being reset. `drain(timeout)` stops taking connections and waits for the
+    requests in flight.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, handler, max_connections=1024):
+        self.request_queue_size = max_connections
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self.draining = False
+        super().__init__(address, handler)
+
+    def track_request(self, change):
+        with self._idle:
+            self._in_flight += change
+            self._idle.notify_all()
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            try:
+                body = json.dumps({"error": f"The server has {self.max_connections} open "
+                                            "connections. Retry shortly."}).encode()
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                                b"Content-Type: application/json\r\nConnection: close\r\n"
+                                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def drain(self, timeout=60.0):
+        """Stops accepting connections (the listening socket is closed, so new
+        ones are refused) and waits up to `timeout` s for requests in flight.
+        Call after `shutdown()`. Returns whether every request finished."""
+        self.draining = True
+        self.socket.close()
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+
+def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
+          max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048,
+          max_connections=1024, max_body_bytes=8 * 1024 * 1024):
+    """Serves `base_dir` until SIGTERM or Ctrl-C, then stops gracefully.
+
+    `ready(server)` is called once listening. On SIGTERM/SIGINT the server
+    stops accepting connections, answers the requests in flight and what is
+    queued, and returns 0.
+    """
+    model = ModelServer(base_dir, batching=batching, max_batch_size=max_batch_size,
+                        batch_timeout_micros=batch_timeout_micros,
+                        max_queued_instances=max_queued_instances)
+    httpd = ModelHTTPServer((host, port), make_handler(model, max_body_bytes),
+                            max_connections=max_connections)
+    batching_text = (f"batching up to {max_batch_size} instances, {batch_timeout_micros} µs"
+                     if batching else "no batching")
     print(f"Serving {model.name!r} version {model.version} on "
-          f"http://{host}:{httpd.server_address[1]}/v1/models/{model.name}:predict", flush=True)
+          f"http://{host}:{httpd.server_address[1]}/v1/models/{model.name}:predict "
+          f"({batching_text})", flush=True)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: stop.set())
+    thread = threading.Thread(target=httpd.serve_forever, name="http", daemon=True)
+    thread.start()
     if ready:
         ready(httpd)
-    try:
-        httpd.serve_forever()
-    finally:
-        httpd.server_close()
+    stop.wait()
+    httpd.shutdown()
+    finished = httpd.drain()
+    model.close()
+    print(f"Stopped serving {model.name!r}"
+          + ("." if finished else " (requests still running after 60 s were dropped)."),
+          flush=True)
+    return 0
