@@ -1,16 +1,20 @@
 """Serving under load: `keras-transformer serve` with batching on and off, side by side.
 
 Starts the server on 127.0.0.1 (a subprocess, a free port) once with batching
-and once without, and at each concurrency level runs that many client
-threads, each with its own keep-alive connection, sending single-sentence
-`:predict` requests (distinct sentences of the built-in corpus) until each has
-sent `--requests-per-client` (bounded in count and in `--seconds`). Reports
-requests/s, sentences/s, p50/p95/p99 latency and the requests that got no
-200 answer (a reset connection counts as lost). Each level is run once
-untimed first, so that XLA compiles the batch shapes before the clock runs.
+and once without, and at each concurrency level keeps that many keep-alive
+connections busy with single-sentence `:predict` requests (distinct sentences
+of the built-in corpus): with `wrk` when it is installed (C: the clients take
+little of the CPU the server needs), for `--wrk-seconds` a level; otherwise
+from Python threads, `--requests-per-client` each (bounded in `--seconds`).
+Reports requests/s, sentences/s, p50/p95/p99 latency and the requests that
+got no 200 answer (a reset connection counts as lost). Before the clock runs, one
+request of each batch size the server pads to (1, 2, 4, ... 64) makes XLA
+compile every shape.
 
     python benchmarks/serving_load.py                       # saved_models/translator
     python benchmarks/serving_load.py --model saved_models/translator --clients 1 16 64 256
+    keras-transformer export runs/translation --name greedy --decoding greedy
+    python benchmarks/serving_load.py --model saved_models/greedy
 
 Without a `--model` that exists, it trains and exports the recipe's smoke
 model first (about a minute).
@@ -20,7 +24,7 @@ import argparse
 import http.client
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,6 +70,20 @@ def client(host, port, name, sentences, count, deadline, latencies, failures):
     connection.close()
 
 
+def warm_up(host, port, name, sentences, max_batch_size):
+    """One request of each batch size the server pads to, so that XLA compiles
+    every shape before the clock runs (as TF Serving's warm-up files do)."""
+    from keras_transformer.export.batching import default_batch_sizes
+
+    connection = http.client.HTTPConnection(host, port, timeout=600)
+    for size in default_batch_sizes(max_batch_size):
+        body = json.dumps({"instances": sentences[:size]}).encode()
+        connection.request("POST", f"/v1/models/{name}:predict", body,
+                           {"Content-Type": "application/json"})
+        connection.getresponse().read()
+    connection.close()
+
+
 def load(host, port, name, clients, per_client, sentences, seconds):
     latencies, failures = [], []
     deadline = time.monotonic() + seconds
@@ -79,6 +97,50 @@ def load(host, port, name, clients, per_client, sentences, seconds):
         thread.join()
     elapsed = time.perf_counter() - started
     return latencies, failures, elapsed
+
+
+WRK_SCRIPT = """
+local bodies, count = {}, 0
+for line in io.lines(os.getenv("SENTENCES")) do
+  bodies[#bodies + 1] = line
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  count = count + 1
+  return wrk.format(nil, nil, nil, bodies[(count % #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "seconds": %f, "non_2xx": %d, "connect": %d, "read": %d, '
+    .. '"write": %d, "timeout": %d, "p50": %f, "p95": %f, "p99": %f}\\n',
+    summary.requests, summary.duration / 1e6, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50) / 1e3, latency:percentile(95) / 1e3, latency:percentile(99) / 1e3))
+end
+"""
+
+
+def load_with_wrk(host, port, name, clients, sentences, seconds, directory):
+    """The same load from `wrk` (C, so the clients take little of the CPU):
+    `(sentences/s, lost, p50, p95, p99 in ms, requests)`."""
+    script = os.path.join(directory, "predict.lua")
+    bodies = os.path.join(directory, "bodies.txt")
+    with open(script, "w") as handle:
+        handle.write(WRK_SCRIPT)
+    with open(bodies, "w") as handle:
+        handle.writelines(json.dumps({"instances": [s]}) + "\n" for s in sentences)
+    result = subprocess.run(
+        ["wrk", f"-t{min(2, clients)}", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "60s",
+         "-s", script, f"http://{host}:{port}/v1/models/{name}:predict"],
+        capture_output=True, text=True, env={**os.environ, "SENTENCES": bodies}, timeout=600)
+    line = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if not line:
+        raise RuntimeError(f"wrk failed: {result.stdout[-500:]} {result.stderr[-500:]}")
+    numbers = json.loads(line[0][len("RESULT "):])
+    lost = sum(numbers[key] for key in ("non_2xx", "connect", "read", "write", "timeout"))
+    rate = (numbers["requests"] - lost) / numbers["seconds"]
+    return rate, lost, numbers["p50"], numbers["p95"], numbers["p99"], numbers["requests"]
 
 
 def percentile(values, fraction):
@@ -105,6 +167,11 @@ def main(argv=None):
                         help="requests each client sends per level")
     parser.add_argument("--max-batch-size", type=int, default=64, help="the server's batches")
     parser.add_argument("--seconds", type=float, default=120, help="cap per level")
+    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
+                        help="load generator: wrk (apt-get install wrk; takes little CPU), "
+                             "Python threads, or wrk when installed")
+    parser.add_argument("--wrk-seconds", type=float, default=10,
+                        help="duration of each wrk level")
     args = parser.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     model = args.model
@@ -115,35 +182,41 @@ def main(argv=None):
 
     most = max(args.clients) * args.requests_per_client
     sentences = [english for english, _ in generate_pairs(most, seed=7)]
+    use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
+    directory = tempfile.mkdtemp()
     rows = []
     for batching in (True, False):
         process, host, port, name = start_server(model, batching, args.max_batch_size)
         try:
+            warm_up(host, port, name, sentences, args.max_batch_size)
             for clients in args.clients:
-                load(host, port, name, clients, 1, sentences, args.seconds)  # compile shapes
-                latencies, failures, elapsed = load(host, port, name, clients,
-                                                    args.requests_per_client, sentences,
-                                                    args.seconds)
-                rows.append((batching, clients, len(latencies) + len(failures), len(failures),
-                             len(latencies) / elapsed, latencies))
+                if use_wrk:
+                    rate, lost, p50, p95, p99, sent = load_with_wrk(
+                        host, port, name, clients, sentences, args.wrk_seconds, directory)
+                else:
+                    latencies, failures, elapsed = load(host, port, name, clients,
+                                                        args.requests_per_client, sentences,
+                                                        args.seconds)
+                    rate, lost, sent = len(latencies) / elapsed, len(failures), len(latencies)
+                    sent += lost
+                    p50, p95, p99 = (1000 * percentile(latencies, q) for q in (0.5, 0.95, 0.99))
+                rows.append((batching, clients, sent, lost, rate, p50, p95, p99))
                 print(f"  batching {'on ' if batching else 'off'} {clients:>4} clients: "
-                      f"{len(latencies) / elapsed:.1f} sentences/s, {len(failures)} lost "
-                      f"{sorted(set(map(str, failures)))}", flush=True)
+                      f"{rate:.1f} sentences/s, {lost} lost", flush=True)
         finally:
             process.terminate()
             process.wait(timeout=120)
 
-    print(f"\nmodel: {model}; single-sentence requests, {args.requests_per_client} per client, "
+    client = "wrk" if use_wrk else f"Python threads, {args.requests_per_client} per client"
+    print(f"\nmodel: {model}; single-sentence requests from {client}; "
           f"max batch {args.max_batch_size}\n")
     print("| batching | clients | requests | lost | requests/s = sentences/s | p50 ms | p95 ms "
           "| p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
-    for batching, clients, sent, lost, rate, latencies in rows:
+    for batching, clients, sent, lost, rate, p50, p95, p99 in rows:
         print(f"| {'on' if batching else 'off'} | {clients} | {sent} | {lost} | {rate:.1f} | "
-              f"{1000 * statistics.median(latencies):.0f} | "
-              f"{1000 * percentile(latencies, 0.95):.0f} | "
-              f"{1000 * percentile(latencies, 0.99):.0f} |")
-    by_key = {(batching, clients): rate for batching, clients, _, _, rate, _ in rows}
+              f"{p50:.0f} | {p95:.0f} | {p99:.0f} |")
+    by_key = {(row[0], row[1]): row[4] for row in rows}
     for clients in args.clients:
         print(f"\n{clients} clients: batching gives {by_key[True, clients] / by_key[False, clients]:.2f}×"
               " the sentences/s of the unbatched server")

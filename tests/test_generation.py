@@ -237,3 +237,38 @@ def test_causal_lm_beam_search_with_prompts():
     four, _ = beam_search(stepper, state, prompts[:, 0], MAX_LENGTH, beam_size=4, **kwargs)
     # The prompts are kept as they are, whatever the search.
     np.testing.assert_array_equal(four.numpy()[0, :2], [9, 11])
+
+
+class _ScriptedStepper:
+    """Fixed next-token distributions over a 6-token vocabulary: `[END]` (3) is
+    likely after one token, while the other tokens never lead to an end."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def step(self, token_ids, index, state):
+        self.steps += 1
+        rows = tf.shape(token_ids)[0]
+        after_start = tf.math.log([[1e-9, 1e-9, 1e-9, 1e-9, 0.6, 0.4]])
+        after_4 = tf.math.log([[1e-9, 1e-9, 1e-9, 0.9, 0.05, 0.05]])
+        after_5 = tf.math.log([[1e-9, 1e-9, 1e-9, 1e-9, 0.001, 0.999]])
+        table = tf.concat([after_start, after_start, after_start, after_start, after_4,
+                           after_5], 0)
+        return tf.gather(table, token_ids) + 0.0 * tf.cast(rows, tf.float32), state
+
+    def repeat(self, state, k):
+        return state
+
+    def gather(self, state, indices):
+        return state
+
+
+def test_beam_search_stops_once_no_going_beam_can_win():
+    stepper = _ScriptedStepper()
+    ids, scores = beam_search(stepper, {}, tf.constant([START_ID]), 30, beam_size=3, alpha=0.0)
+    # "4 [END]" (p = 0.6 · 0.9) wins. "5 5 5 …" (p ≤ 0.4) never ends and stays
+    # among the 3 best prefixes, but can only fall further: the search stops
+    # long before 30 steps.
+    assert ids.numpy()[0, :2].tolist() == [4, END_ID]
+    np.testing.assert_allclose(scores.numpy(), [np.log(0.6 * 0.9)], rtol=1e-5)
+    assert stepper.steps < 6

@@ -26,6 +26,7 @@ positions 1..max_length (prompt tokens included), `[PAD]` after `[END]` only;
 (non-forced) tokens up to and including `[END]`.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from keras_transformer.data.tokenizers import END_ID, PAD_ID
@@ -140,9 +141,15 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
 
     Keeps the `beam_size` most probable prefixes per row (by summed
     log-probability); a beam that produced `[END]` keeps its score and
-    continues with `[PAD]` at no cost. Stops when every beam of every row has
-    ended. The result per row is the beam with the best
-    `score / ((5 + length) / 6) ** alpha` (`alpha=0`: the most probable).
+    continues with `[PAD]` at no cost. The result per row is the beam with
+    the best `score / ((5 + length) / 6) ** alpha` (`alpha=0`: the most
+    probable).
+
+    A row is done as soon as its best ended beam's normalized score is at
+    least `score / ((5 + max_length) / 6) ** alpha` of every beam still going
+    (for `alpha >= 0`: the most any continuation could reach, since
+    log-probabilities only fall), and the search stops when every row is
+    done, instead of extending beams that cannot win to `max_length`.
 
     Returns:
         `(ids, scores)` like the other searches; `scores` are the best beams'
@@ -160,6 +167,18 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
         forced_lengths = tf.repeat(tf.cast(forced_lengths, tf.int32), k, axis=0)
     # Only beam 0 is alive at first, so the k beams do not start as copies.
     initial_scores = tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch_size, 1])
+
+    # The most normalized score a beam still going can reach (alpha >= 0).
+    best_possible = 1.0 / length_penalty(max_length, alpha) if alpha >= 0 else None
+
+    def rows_done(finished, lengths, scores):
+        finished = tf.reshape(finished, [batch_size, k])
+        if best_possible is None:
+            return tf.reduce_all(finished, axis=1)
+        lengths = tf.reshape(lengths, [batch_size, k])
+        ended = tf.where(finished, scores / length_penalty(lengths, alpha), -np.inf)
+        going = tf.where(finished, -np.inf, scores * best_possible)
+        return tf.reduce_max(ended, axis=1) >= tf.reduce_max(going, axis=1)
 
     def body(i, token, ids, finished, lengths, scores, state):
         logits, state = stepper.step(token, i, state)
@@ -185,14 +204,18 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
         return i + 1, new_token, ids, finished, lengths, scores, state
 
     def cond(i, token, ids, finished, lengths, scores, state):
-        return (i < max_length) & ~tf.reduce_all(finished)
+        return (i < max_length) & ~tf.reduce_all(rows_done(finished, lengths, scores))
 
     loop_vars = (tf.constant(0), tf.repeat(first_ids, k), tf.zeros([flat, max_length], tf.int32),
                  tf.zeros([flat], tf.bool), tf.zeros([flat], tf.int32), initial_scores, state)
-    _, _, ids, _, lengths, scores, _ = tf.while_loop(
+    _, _, ids, finished, lengths, scores, _ = tf.while_loop(
         cond, body, loop_vars, maximum_iterations=max_length
     )
     normalized = scores / tf.reshape(length_penalty(lengths, alpha), [batch_size, k])
+    # In a row that is done, a beam still going cannot win: only ended beams count.
+    going = ~tf.reshape(finished, [batch_size, k])
+    normalized = tf.where(rows_done(finished, lengths, scores)[:, None] & going, -np.inf,
+                          normalized)
     best = tf.argmax(normalized, axis=-1, output_type=tf.int32)  # [B]
     rows = best + k * tf.range(batch_size)
     return tf.gather(ids, rows), tf.gather(tf.reshape(scores, [-1]), rows)
