@@ -49,8 +49,8 @@ def _load_translate_function(model_path):
         return lambda texts: [t.decode("utf-8") for t in
                               translator.translate(tf.constant(texts))["translation"].numpy()]
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (the tokenizer ops of the graph)
 
+    # The server module loads tensorflow-text, whose tokenizer ops the graph uses.
     from keras_transformer.export.server import latest_version, load_saved_model
 
     if not os.path.exists(os.path.join(model_path, "saved_model.pb")):
@@ -175,6 +175,9 @@ def build_parser():
         prog="keras-transformer",
         description="Train, export, serve and evaluate Transformers built with keras_transformer.",
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's start-up messages, Keras's warnings and the "
+                             "full model summary")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(subparsers)
     _serving_parsers(subparsers)
@@ -183,7 +186,10 @@ def build_parser():
 
 def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from keras_transformer._console import quiet_tensorflow
+
+    quiet_tensorflow(verbose="--verbose" in argv)
     args = build_parser().parse_args(argv)
     result = args.run(args)
     return 0 if result is not None else 1

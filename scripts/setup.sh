@@ -1,5 +1,6 @@
-# Sourced by the other scripts: makes .venv and installs the package with its
-# test extras when missing or when pyproject.toml changed since the last install.
+# Sourced by the other scripts: makes .venv and installs the package with all
+# its extras and the test tools when missing or when pyproject.toml changed
+# since the last install.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -16,6 +17,9 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
     echo "Installing keras_transformer and its dependencies into .venv (about a minute)..." >&2
     .venv/bin/python -m pip install --quiet --upgrade pip
+    # The distribution was called keras-transformer before (a name another
+    # project holds on the package index): remove that install, if any.
+    .venv/bin/python -m pip uninstall --quiet --yes keras-transformer 2>/dev/null || true
     .venv/bin/python -m pip install --quiet -e ".[dev]"
     rm -f .venv/.installed-*
     touch "$stamp"

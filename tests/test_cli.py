@@ -138,3 +138,21 @@ def test_bad_model_options_are_errors_that_say_what_was_received(tmp_path):
     with pytest.raises(ValueError, match="embed_dim=50, num_heads=4"):
         cli.main(["train", "translation", "--smoke", "--output-dir", str(tmp_path / "r"),
                   "--embed-dim", "50"])
+
+
+def test_the_command_prints_no_tensorflow_start_up_noise(tmp_path):
+    import os
+    import shutil
+
+    from keras_transformer.export import export_saved_model
+    from tests.test_export import make_translator
+
+    export_saved_model(make_translator(), str(tmp_path / "quiet"))
+    command = shutil.which("keras-transformer", path=os.path.dirname(sys.executable))
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([command, "translate", str(tmp_path / "quiet"), "one book"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 1
+    for noise in ("absl::InitializeLog", "oneDNN", "cuInit", "cuda", "I0000", "E0000"):
+        assert noise not in result.stderr, result.stderr[-2000:]

@@ -36,7 +36,10 @@ import os
 import zipfile
 
 import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from keras_transformer._optional import require
+
+tfds = require("tensorflow_datasets", "data", "The TFDS builders")
 
 SPA_ENG_URL = "http://storage.googleapis.com/download.tensorflow.org/data/spa-eng.zip"
 TINY_SHAKESPEARE_URL = (

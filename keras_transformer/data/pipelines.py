@@ -28,7 +28,7 @@ stalled up to 20 s an epoch).
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer.data.tokenizers import END_ID, START_ID
+from keras_transformer.data.special_tokens import END_ID, START_ID
 
 _LENGTH_POLICIES = ("drop", "truncate")
 DEFAULT_BOUNDARIES = (8, 12, 16, 24, 32, 48, 64, 96, 128)

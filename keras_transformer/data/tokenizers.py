@@ -17,12 +17,19 @@ import json
 import os
 import re
 
-import keras_hub
 import numpy as np
 import tensorflow as tf
 
-RESERVED_TOKENS = ("[PAD]", "[UNK]", "[START]", "[END]")
-PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
+from keras_transformer._optional import require
+from keras_transformer.data.special_tokens import (  # noqa: F401 (re-exported)
+    END_ID,
+    PAD_ID,
+    RESERVED_TOKENS,
+    START_ID,
+    UNK_ID,
+)
+
+keras_hub = require("keras_hub", "data", "The tokenizers")
 
 # "¿ dónde está ?" → "¿dónde está?"
 _SPACE_BEFORE = re.compile(r" ([.,;:!?)\]}»%])")

@@ -38,10 +38,9 @@ import shutil
 import socket
 import tempfile
 
-import keras_hub
 import tensorflow as tf
 
-from keras_transformer.data import tokenizers as tk
+from keras_transformer._optional import require
 
 _VERSION = re.compile(r"^\d+$")
 _STAGING = re.compile(r"^\.incomplete-\d+-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
@@ -88,6 +87,9 @@ def versions(base_dir):
 
 def _vocabulary_assets(module, staging):
     """The tokenizers' files as `Asset`s, prefixed `source_` / `target_` for a translator."""
+    keras_hub = require("keras_hub", "data", "Exporting tokenizers")
+    from keras_transformer.data import tokenizers as tk
+
     assets = []
     for prefix, tokenizer in module.asset_tokenizers().items():
         directory = os.path.join(staging, "vocabularies", prefix or "tokenizer")

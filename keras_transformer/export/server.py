@@ -40,9 +40,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_text  # noqa: F401  (registers the tokenizer ops of the graph)
 
+from keras_transformer._optional import require
 from keras_transformer.export.batching import Batcher, QueueFull
+
+require("tensorflow_text", "serving", "The server (the tokenizer ops of the graph)")
 
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
 _STATUS = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?$")

@@ -1,6 +1,8 @@
 """Translation quality: BLEU and chrF with sacrebleu, over a TSV of references."""
 
-import sacrebleu
+from keras_transformer._optional import require
+
+sacrebleu = require("sacrebleu", "eval", "BLEU and chrF")
 
 
 def read_tsv(path):

@@ -8,7 +8,7 @@ are tested against.
 
 import numpy as np
 
-from keras_transformer.data.tokenizers import END_ID, PAD_ID, START_ID
+from keras_transformer.data.special_tokens import END_ID, PAD_ID, START_ID
 from keras_transformer.models.graph import read_structure
 
 

@@ -3,7 +3,17 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer.data.tokenizers import END_ID, START_ID
+from keras_transformer._optional import require
+from keras_transformer.data.special_tokens import END_ID, START_ID
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (the `plots` extra)."""
+    matplotlib = require("matplotlib", "plots", "The pictures")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def cross_attention(translator, text, block=-1):
@@ -36,10 +46,7 @@ def cross_attention(translator, text, block=-1):
 
 def plot_attention(translator, text, path, block=-1):
     """Saves one heat map per head of `block`'s cross-attention (source × output) to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     source, output, weights = cross_attention(translator, text, block)
     heads = weights.shape[0]
@@ -65,10 +72,7 @@ def plot_attention(translator, text, path, block=-1):
 
 def plot_history(history, path, metrics=("loss", "accuracy")):
     """Saves training and validation curves of `history` (a dict) to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     present = [m for m in metrics if m in history]
     figure, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.2),

@@ -29,7 +29,7 @@ positions 1..max_length (prompt tokens included), `[PAD]` after `[END]` only;
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer.data.tokenizers import END_ID, PAD_ID
+from keras_transformer.data.special_tokens import END_ID, PAD_ID
 
 _NEG_INF = -1e9
 

@@ -14,10 +14,10 @@ model makes of an empty source; bytes that are not UTF-8 are replaced by
 U+FFFD; an empty batch gives empty outputs.
 """
 
-import keras_hub
 import tensorflow as tf
 
-from keras_transformer.data.tokenizers import END_ID, RESERVED_TOKENS, START_ID
+from keras_transformer._optional import require
+from keras_transformer.data.special_tokens import END_ID, RESERVED_TOKENS, START_ID
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.steppers import EncoderDecoderStepper, model_variables
 
@@ -83,6 +83,7 @@ class Translator(tf.Module):
         self.decoding = decoding or DecodingConfig.from_legacy(beam_size=beam_size, alpha=alpha)
         self.stepper = EncoderDecoderStepper(model)
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
+        keras_hub = require("keras_hub", "data", "Translator's tokenizers")
         self._is_wordpiece = isinstance(target_tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
 
     @property

@@ -32,10 +32,10 @@ import os
 import time
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer._optional import require
 from keras_transformer.data import datasets, pipelines
 from keras_transformer.export import export_saved_model
 from keras_transformer.generation import DecodingConfig, TextGenerator, plots
@@ -64,6 +64,7 @@ SMOKE_TEXT = (
 # replacement id. Shakespeare's text is ASCII, so the 128 ids hold all of it.
 # Id 0 (NUL) never occurs in text and is the padding id the loss ignores.
 def character_tokenizer(vocabulary_size=128):
+    keras_hub = require("keras_hub", "data", "The character tokenizer")
     return keras_hub.tokenizers.UnicodeCodepointTokenizer(
         vocabulary_size=vocabulary_size, replacement_char=vocabulary_size - 1,
         lowercase=False,  # keras-hub lowercases by default; case is part of the task
@@ -192,7 +193,12 @@ def run(args):
             metrics=[masked_perplexity()],
             jit_compile=True,
         )
-    model.summary(line_length=100)
+    if getattr(args, "verbose", False):
+        model.summary(line_length=100)
+    else:
+        print(f"model: {model.count_params():,} parameters "
+              f"({config.num_encoder_layers}+{config.num_decoder_layers} layers of width "
+              f"{config.embed_dim}, {config.num_heads} heads)")
 
     # ## Training against the clock
     #

@@ -216,7 +216,12 @@ def run(args):
             metrics=[MaskedAccuracy(), masked_perplexity()],
             jit_compile=args.jit_compile,
         )
-    model.summary(line_length=100)
+    if getattr(args, "verbose", False):
+        model.summary(line_length=100)
+    else:
+        print(f"model: {model.count_params():,} parameters "
+              f"({config.num_encoder_layers}+{config.num_decoder_layers} layers of width "
+              f"{config.embed_dim}, {config.num_heads} heads)")
 
     # ## Training
     #

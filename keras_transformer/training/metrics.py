@@ -60,6 +60,8 @@ def masked_perplexity(pad_id=0, name="perplexity"):
     >>> round(float(metric.result()), 4)
     4.0
     """
-    import keras_hub
+    from keras_transformer._optional import require
+
+    keras_hub = require("keras_hub", "data", "masked_perplexity (keras-hub's Perplexity)")
 
     return keras_hub.metrics.Perplexity(from_logits=True, mask_token_id=pad_id, name=name)

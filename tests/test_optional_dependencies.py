@@ -1,0 +1,65 @@
+"""The core install: `import keras_transformer` and the layers, models and decoding
+work without the extras, and a missing extra is an ImportError that names it."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+# What the extras bring; the core install has none of them.
+EXTRAS = ["keras_hub", "keras_nlp", "tensorflow_text", "tensorflow_datasets", "sacrebleu",
+          "matplotlib", "tokenizers"]
+
+SCRIPT = textwrap.dedent("""
+    import importlib.abc, json, sys
+    BLOCKED = {blocked!r}
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"No module named {{name!r}} (not installed)")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import numpy as np, tensorflow as tf
+    import keras_transformer
+    from keras_transformer.generation import DecodingConfig, Stepper
+    from keras_transformer.models import TransformerConfig, build_transformer
+    from keras_transformer.training import MaskedSparseCategoricalCrossentropy
+    config = TransformerConfig(vocab_size=20, max_length=8, embed_dim=16, num_heads=2,
+                               ffn_dim=32, num_encoder_layers=1, num_decoder_layers=1)
+    model = build_transformer(config)
+    model.compile("adam", MaskedSparseCategoricalCrossentropy())
+    source = np.array([[5, 6, 7, 0]], "int32")
+    model.fit([source, source], source, epochs=1, verbose=0)
+    stepper = Stepper(model)
+    ids, _ = DecodingConfig("beam", beam_size=2).search(
+        stepper, stepper.initial_state(tf.constant(source), 8), tf.constant([2]), 8)
+    errors = {{}}
+    for module in ("keras_transformer.data.tokenizers", "keras_transformer.data.datasets",
+                   "keras_transformer.generation.evaluation", "keras_transformer.export.server"):
+        try:
+            __import__(module)
+            errors[module] = None
+        except ImportError as error:
+            errors[module] = str(error)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print(json.dumps({{"ids": ids.numpy().tolist(), "errors": errors, "loaded": loaded}}))
+""")
+
+
+def test_the_core_works_without_the_extras_and_names_the_missing_one():
+    result = subprocess.run([sys.executable, "-c", SCRIPT.format(blocked=EXTRAS)],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["loaded"] == []
+    assert len(outcome["ids"][0]) == 8
+    for module, extra in (("keras_transformer.data.tokenizers", "data"),
+                          ("keras_transformer.data.datasets", "data"),
+                          ("keras_transformer.generation.evaluation", "eval"),
+                          ("keras_transformer.export.server", "serving")):
+        message = outcome["errors"][module]
+        assert message and f"keras-transformer-layers[{extra}]" in message, (module, message)
