@@ -193,12 +193,7 @@ def run(args):
             metrics=[masked_perplexity()],
             jit_compile=True,
         )
-    if getattr(args, "verbose", False):
-        model.summary(line_length=100)
-    else:
-        print(f"model: {model.count_params():,} parameters "
-              f"({config.num_encoder_layers}+{config.num_decoder_layers} layers of width "
-              f"{config.embed_dim}, {config.num_heads} heads)")
+    model_options.print_summary(model, config, verbose=getattr(args, "verbose", False))
 
     # ## Training against the clock
     #

@@ -118,3 +118,13 @@ def model_config(args, defaults, **fixed):
     values.update(chosen)
     values.update(fixed)
     return TransformerConfig.from_dict(values)
+
+
+def print_summary(model, config, verbose=False):
+    """Keras's model summary with `verbose`, else one line: parameters and shape."""
+    if verbose:
+        model.summary(line_length=100)
+        return
+    print(f"model: {model.count_params():,} parameters ({config.num_encoder_layers}+"
+          f"{config.num_decoder_layers} layers of width {config.embed_dim}, "
+          f"{config.num_heads} heads)")
