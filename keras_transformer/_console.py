@@ -39,7 +39,9 @@ def quiet_tensorflow(verbose=False):
         try:
             import tensorflow as tf
 
-            tf.config.list_logical_devices()  # device start-up: CUDA probing
+            # Device discovery probes CUDA; it must not create the context, which
+            # MultiWorkerMirroredStrategy configures later.
+            tf.config.list_physical_devices()
             try:  # its shared library logs the same notices again when it loads
                 import tensorflow_text  # noqa: F401
             except ImportError:

@@ -20,6 +20,7 @@ if [ ! -f "$stamp" ]; then
     # The distribution was called keras-transformer before (a name another
     # project holds on the package index): remove that install, if any.
     .venv/bin/python -m pip uninstall --quiet --yes keras-transformer 2>/dev/null || true
+    rm -rf keras_transformer.egg-info
     .venv/bin/python -m pip install --quiet -e ".[dev]"
     rm -f .venv/.installed-*
     touch "$stamp"
