@@ -239,8 +239,8 @@ def test_a_sequential_language_model_decodes():
     np.testing.assert_array_equal(cached.numpy(), greedy_generate(model, prompt, MAX_LENGTH))
 
 
-@pytest.mark.parametrize("shape", ["conv_between_blocks", "embedding_not_from_input",
-                                   "no_blocks", "two_outputs"])
+@pytest.mark.parametrize("shape", ["conv_between_blocks", "op_between_blocks",
+                                   "embedding_not_from_input", "no_blocks", "two_outputs"])
 def test_a_model_of_another_shape_gets_a_clear_error(shape):
     ids = keras.Input((None,), dtype="int32", name="ids")
     x = PositionalEmbedding(50, MAX_LENGTH, 16, name="emb")(ids)
@@ -250,6 +250,10 @@ def test_a_model_of_another_shape_gets_a_clear_error(shape):
         x = keras.layers.Conv1D(16, 3, padding="causal", name="my_conv")(x)
         x = DecoderBlock(2, 32, name="second")(x)
         found = "'my_conv' (Conv1D)"
+    elif shape == "op_between_blocks":
+        x = keras.ops.multiply(DecoderBlock(2, 32, name="first")(x), 2.0)
+        x = DecoderBlock(2, 32, name="second")(x)
+        found = "the operation 'multiply"
     elif shape == "embedding_not_from_input":
         shifted = keras.layers.Lambda(lambda t: t + 1, name="shift")(ids)
         x = DecoderBlock(2, 32)(PositionalEmbedding(50, MAX_LENGTH, 16, name="emb2")(shifted))

@@ -102,7 +102,12 @@ class _Graph:
         if entry["class_name"] == "InputLayer":
             return None, [], {}
         inbound = entry["inbound_nodes"][index]
-        return self.model.get_layer(name), inbound.get("args", []), inbound.get("kwargs", {})
+        try:
+            layer = self.model.get_layer(name)
+        except ValueError:  # a `keras.ops` operation in the graph, not a layer
+            _fail(self.model, f"the operation {self.describe(ref)}",
+                  "(the cached step repeats layers only)")
+        return layer, inbound.get("args", []), inbound.get("kwargs", {})
 
     def describe(self, ref):
         if ref is None:
