@@ -105,7 +105,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
     parser.add_argument("--steps", type=int, default=10, help="training steps per round")
+    parser.add_argument("--policy", default="float32",
+                        help="Keras dtype policy of both models, e.g. mixed_bfloat16 (worth it "
+                             "where the CPU has AVX512-BF16 or AMX)")
     args = parser.parse_args()
+    keras.mixed_precision.set_global_policy(args.policy)
+    print(f"dtype policy: {args.policy}")
     c = CONFIG
     rng = np.random.default_rng(0)
     source = rng.integers(1, c["vocab"], size=(c["batch"], c["length"])).astype("int32")

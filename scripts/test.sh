@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Runs the test suite (slow tests deselected; pass `-m slow` to run them).
-# Sets itself up on first run. Extra arguments go to pytest.
+# Sets itself up on first run. Extra arguments go to pytest (TensorFlow
+# backend only).
+#
+# Without arguments it runs the whole suite under TensorFlow, then the
+# backend-neutral tests (the layers, the models, fit and cached decoding)
+# again under JAX (`KERAS_BACKEND=jax`, JAX's CPU wheel).
 # Two pytest-xdist workers: run serially, the suite keeps about one of two
 # cores busy (user time ≈ wall time), and two workers finish it in 60–70 %
 # of the serial time. KT_TEST_WORKERS=0 runs serially; `-n N` overrides it.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-if [ "$#" -eq 0 ]; then
-    set -- -m "not slow"
+if [ "$#" -gt 0 ]; then
+    exec "$PY" -m pytest -q -n "${KT_TEST_WORKERS:-2}" "$@"
 fi
-exec "$PY" -m pytest -q -n "${KT_TEST_WORKERS:-2}" "$@"
+"$PY" -m pytest -q -n "${KT_TEST_WORKERS:-2}" -m "not slow"
+echo "--- the backend-neutral tests under JAX ---"
+KERAS_BACKEND=jax JAX_PLATFORMS=cpu exec "$PY" -m pytest -q -n "${KT_TEST_WORKERS:-2}" \
+    -m "not slow" $(cat tests/backend_neutral.txt)

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from keras_transformer import DecoderBlock
+from tests import backend
 from tests.layer_checks import run_layer_checks
 from tests.reference_blocks import hub_decoder_like
 
@@ -96,13 +97,14 @@ def test_implicit_keras_masks_equal_explicit_masks():
 
 def _full_and_cached(blocks, target, source, compiled):
     """Runs `blocks` over `target` at once and one step at a time with caches."""
-    import tensorflow as tf
-
     full = target
     for block in blocks:
         full = block(full, source)
 
+    traces = []
+
     def step(x, index, self_caches, cross_caches):
+        traces.append(1)
         new_self = []
         for block, self_cache, cross_cache in zip(blocks, self_caches, cross_caches):
             outputs = block(
@@ -116,7 +118,7 @@ def _full_and_cached(blocks, target, source, compiled):
         return x, new_self
 
     if compiled:
-        step = tf.function(step, jit_compile=True)
+        step = backend.compiled(step)
     self_caches = [block.initial_self_attention_cache(B, T) for block in blocks]
     if source is None:
         cross_caches = [None] * len(blocks)
@@ -125,10 +127,10 @@ def _full_and_cached(blocks, target, source, compiled):
     outputs = []
     for t in range(T):
         out, self_caches = step(
-            target[:, t : t + 1], tf.constant(t), self_caches, cross_caches
+            target[:, t : t + 1], ops.convert_to_tensor(t, "int32"), self_caches, cross_caches
         )
         outputs.append(_np(out))
-    return _np(full), np.concatenate(outputs, axis=1), step
+    return _np(full), np.concatenate(outputs, axis=1), len(traces)
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -142,10 +144,10 @@ def test_cached_decoding_through_a_stack_equals_the_full_pass(
         for _ in range(3)
     ]
     source = SOURCE if with_encoder else None
-    full, cached, step = _full_and_cached(blocks, TARGET, source, compiled)
+    full, cached, traces = _full_and_cached(blocks, TARGET, source, compiled)
     np.testing.assert_allclose(cached, full, atol=1e-4)
-    if compiled:
-        assert step.experimental_get_tracing_count() == 1
+    if compiled and backend.BACKEND in ("tensorflow", "jax"):
+        assert traces == 1  # one compiled step for every position
 
 
 def test_first_cached_step_computes_the_cross_attention_cache():

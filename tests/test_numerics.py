@@ -17,7 +17,7 @@ def corpus():
     target = tk.train_wordpiece([es for _, es in pairs], 300)
     dataset = pipelines.translation_dataset(pairs, source, target, batch_size=32,
                                             max_length=24)
-    batches = list(dataset.take(30))
+    batches = [keras.tree.map_structure(np.asarray, batch) for batch in dataset.take(30)]
     return source.vocabulary_size(), target.vocabulary_size(), batches
 
 

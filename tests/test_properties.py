@@ -80,3 +80,25 @@ def test_attention_respects_any_mask_and_stays_finite(case, seed):
     changed = np.where(hidden_keys[:, :, None], value + noise, value)
     np.testing.assert_allclose(
         np.asarray(ATTENTION(query, changed, attention_mask=attention_mask)), output, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(mask_cases(), st.integers(0, 2**16))
+def test_fused_attention_equals_the_materialized_path(case, seed):
+    # Without scores or dropout the layer calls `keras.ops.dot_product_attention`;
+    # asking for the scores takes the materialized softmax. Both must agree on
+    # every mask, including queries that see no key (a zero row).
+    batch, queries, keys, query_mask, value_mask, attention_mask, causal, offset = case
+    rng = np.random.default_rng(seed)
+    query = rng.normal(size=(batch, queries, 6)).astype("float32")
+    value = rng.normal(size=(batch, keys, 6)).astype("float32")
+    arguments = dict(query_mask=query_mask, value_mask=value_mask,
+                     attention_mask=attention_mask, use_causal_mask=causal)
+    fused = np.asarray(ATTENTION(query, value, **arguments))
+    materialized, _ = ATTENTION(query, value, return_attention_scores=True, **arguments)
+    np.testing.assert_allclose(fused, np.asarray(materialized), rtol=1e-5, atol=1e-5)
+    # Self-attention too (the causal-only case uses the kernel's causal mode).
+    self_arguments = dict(query_mask=query_mask, use_causal_mask=causal)
+    fused = np.asarray(ATTENTION(query, **self_arguments))
+    materialized, _ = ATTENTION(query, return_attention_scores=True, **self_arguments)
+    np.testing.assert_allclose(fused, np.asarray(materialized), rtol=1e-5, atol=1e-5)

@@ -1,8 +1,10 @@
-"""Greedy search, sampling and beam search over a stepper, in one `tf.while_loop`.
+"""Greedy search, sampling and beam search over a stepper, in one `while_loop`.
 
-Every search runs the whole generation as one loop over static-shape
-buffers, so `tf.function(jit_compile=True)` compiles it once (for a batch
-shape) and it exports to a SavedModel. The loop stops as soon as every row
+Every search runs the whole generation as one `keras.ops.while_loop` over
+static-shape buffers, written in `keras.ops` alone: one implementation for
+every Keras backend. XLA compiles it once per batch shape
+(`tf.function(jit_compile=True)` under TensorFlow, where it also exports to a
+SavedModel; `jax.jit` under JAX); under PyTorch it runs eagerly. The loop stops as soon as every row
 has produced `[END]` (or after `max_length` steps).
 
 Shared arguments:
@@ -26,8 +28,9 @@ positions 1..max_length (prompt tokens included), `[PAD]` after `[END]` only;
 (non-forced) tokens up to and including `[END]`.
 """
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_transformer.data.special_tokens import END_ID, PAD_ID
 
@@ -37,58 +40,65 @@ _NEG_INF = -1e9
 def _forced_token(forced_ids, forced_lengths, position, batch_size):
     """The prompt token at `position` and whether the row is still forced there."""
     if forced_ids is None:
-        return tf.zeros([batch_size], tf.int32), tf.zeros([batch_size], tf.bool)
-    width = tf.shape(forced_ids)[1]
-    column = tf.minimum(position, width - 1)
-    token = tf.gather(forced_ids, column, axis=1)
-    return tf.cast(token, tf.int32), position < forced_lengths
+        return ops.zeros([batch_size], "int32"), ops.zeros([batch_size], "bool")
+    width = ops.shape(forced_ids)[1]
+    column = ops.minimum(position, width - 1)
+    token = ops.take(forced_ids, column, axis=1)
+    return ops.cast(token, "int32"), position < forced_lengths
 
 
 def _without_pad(logits):
     """Logits `(B, V)` with `[PAD]` made impossible to choose."""
-    vocab = tf.shape(logits)[-1]
-    return tf.where(tf.range(vocab) == PAD_ID, _NEG_INF, tf.cast(logits, tf.float32))
+    vocab = ops.shape(logits)[-1]
+    return ops.where(ops.arange(vocab) == PAD_ID, _NEG_INF, ops.cast(logits, "float32"))
 
 
 def _write(buffer, column, values):
     """`buffer[:, column] = values` for a `(B, L)` buffer (XLA-friendly)."""
-    one_hot = tf.one_hot(column, tf.shape(buffer)[1], dtype=buffer.dtype)
+    one_hot = ops.one_hot(column, ops.shape(buffer)[1], dtype=buffer.dtype)
     return buffer * (1 - one_hot)[None] + values[:, None] * one_hot[None]
 
 
+def _take_rows(tensor, rows):
+    return ops.take(tensor, rows, axis=0)
+
+
 def _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_lengths):
-    first_ids = tf.cast(first_ids, tf.int32)
-    batch_size = tf.shape(first_ids)[0]
+    first_ids = ops.cast(first_ids, "int32")
+    batch_size = ops.shape(first_ids)[0]
+    if forced_ids is not None:
+        forced_ids = ops.cast(forced_ids, "int32")
     if forced_lengths is not None:
-        forced_lengths = tf.cast(forced_lengths, tf.int32)
+        forced_lengths = ops.cast(forced_lengths, "int32")
 
     def body(i, token, ids, finished, scores, state):
         logits, state = stepper.step(token, i, state)
-        log_probs = tf.nn.log_softmax(logits)
-        chosen = tf.cast(choose(_without_pad(logits), i), tf.int32)
+        log_probs = ops.log_softmax(logits)
+        chosen = ops.cast(choose(_without_pad(logits), i), "int32")
         forced, is_forced = _forced_token(forced_ids, forced_lengths, i + 1, batch_size)
-        next_token = tf.where(is_forced, forced, chosen)
-        next_token = tf.where(finished, PAD_ID, next_token)
-        gained = tf.gather(log_probs, next_token, batch_dims=1)
-        scores += tf.where(finished | is_forced, 0.0, gained)
+        next_token = ops.where(is_forced, forced, chosen)
+        next_token = ops.where(finished, PAD_ID, next_token)
+        gained = ops.take_along_axis(log_probs, next_token[:, None], axis=1)[:, 0]
+        scores = scores + ops.where(finished | is_forced, 0.0, gained)
         ids = _write(ids, i, next_token)
-        finished |= (next_token == END_ID) & ~is_forced
+        finished = finished | ((next_token == END_ID) & ~is_forced)
         return i + 1, next_token, ids, finished, scores, state
 
     def cond(i, token, ids, finished, scores, state):
-        return (i < max_length) & ~tf.reduce_all(finished)
+        return (i < max_length) & ~ops.all(finished)
 
-    ids = tf.zeros([batch_size, max_length], tf.int32)
-    loop_vars = (tf.constant(0), first_ids, ids, tf.zeros([batch_size], tf.bool),
-                 tf.zeros([batch_size], tf.float32), state)
-    _, _, ids, _, scores, _ = tf.while_loop(cond, body, loop_vars, maximum_iterations=max_length)
+    loop_vars = (ops.convert_to_tensor(0, "int32"), first_ids,
+                 ops.zeros([batch_size, max_length], "int32"), ops.zeros([batch_size], "bool"),
+                 ops.zeros([batch_size], "float32"), state)
+    _, _, ids, _, scores, _ = ops.while_loop(cond, body, loop_vars,
+                                             maximum_iterations=max_length)
     return ids, scores
 
 
 def greedy_search(stepper, state, first_ids, max_length, forced_ids=None, forced_lengths=None):
     """The most probable token at every step."""
     return _search(stepper, state, first_ids, max_length,
-                   lambda logits, i: tf.argmax(logits, axis=-1), forced_ids, forced_lengths)
+                   lambda logits, i: ops.argmax(logits, axis=-1), forced_ids, forced_lengths)
 
 
 def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
@@ -96,19 +106,39 @@ def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
     `top_k` most probable tokens (0 = no limit) and outside the smallest set
     whose probability reaches `top_p` (nucleus) set to -1e9. The most probable
     token always stays."""
-    logits = tf.cast(logits, tf.float32) / temperature
+    logits = ops.cast(logits, "float32") / temperature
     if top_k:
-        kth = tf.math.top_k(logits, k=top_k).values[:, -1:]
-        logits = tf.where(logits < kth, _NEG_INF, logits)
+        kth = ops.top_k(logits, k=top_k)[0][:, -1:]
+        logits = ops.where(logits < kth, _NEG_INF, logits)
     if top_p < 1.0:
-        sorted_logits = tf.sort(logits, direction="DESCENDING", axis=-1)
-        cumulative = tf.cumsum(tf.nn.softmax(sorted_logits), axis=-1, exclusive=True)
+        sorted_logits = ops.flip(ops.sort(logits, axis=-1), axis=-1)  # descending
+        probabilities = ops.softmax(sorted_logits)
+        cumulative = ops.cumsum(probabilities, axis=-1) - probabilities  # exclusive
         # The smallest logit still inside the nucleus, per row.
-        inside = tf.where(cumulative < top_p, sorted_logits, tf.reduce_max(logits, -1,
-                                                                            keepdims=True))
-        threshold = tf.reduce_min(inside, axis=-1, keepdims=True)
-        logits = tf.where(logits < threshold, _NEG_INF, logits)
+        inside = ops.where(cumulative < top_p, sorted_logits,
+                           ops.max(logits, -1, keepdims=True))
+        threshold = ops.min(inside, axis=-1, keepdims=True)
+        logits = ops.where(logits < threshold, _NEG_INF, logits)
     return logits
+
+
+def _stateless_categorical(logits, seed, step):
+    """One draw per row from `logits` `(B, V)`, a function of `(seed, step)` alone."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        seeds = tf.stack([tf.cast(seed, tf.int32), tf.cast(step, tf.int32)])
+        return tf.random.stateless_categorical(logits, 1, seed=seeds)[:, 0]
+    if backend == "jax":
+        import jax
+
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
+        return jax.random.categorical(key, logits, axis=-1)
+    # Other backends: Gumbel-max with a generator seeded from (seed, step).
+    uniform = keras.random.uniform(ops.shape(logits), minval=1e-9, maxval=1.0,
+                                   seed=int(seed) * 1_000_003 + int(step))
+    return ops.argmax(logits - ops.log(-ops.log(uniform)), axis=-1)
 
 
 def sample(stepper, state, first_ids, max_length, *, temperature=1.0, top_k=0, top_p=1.0,
@@ -120,19 +150,17 @@ def sample(stepper, state, first_ids, max_length, *, temperature=1.0, top_k=0, t
                          f"Received: {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"`top_p` must be in (0, 1]. Received: {top_p}")
-    seed = tf.cast(seed, tf.int32)
 
     def choose(logits, i):
         filtered = filter_logits(logits, temperature, top_k, top_p)
-        draw = tf.random.stateless_categorical(filtered, 1, seed=tf.stack([seed, i]))
-        return draw[:, 0]
+        return _stateless_categorical(filtered, seed, i)
 
     return _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_lengths)
 
 
 def length_penalty(lengths, alpha):
     """GNMT's `((5 + length) / 6) ** alpha`."""
-    return tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, alpha)
+    return ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, alpha)
 
 
 def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6,
@@ -158,64 +186,73 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
     if beam_size < 1:
         raise ValueError(f"`beam_size` must be >= 1. Received: {beam_size}")
     k = beam_size
-    first_ids = tf.cast(first_ids, tf.int32)
-    batch_size = tf.shape(first_ids)[0]
+    first_ids = ops.cast(first_ids, "int32")
+    batch_size = ops.shape(first_ids)[0]
     flat = batch_size * k
     state = stepper.repeat(state, k)
     if forced_ids is not None:
-        forced_ids = tf.repeat(tf.cast(forced_ids, tf.int32), k, axis=0)
-        forced_lengths = tf.repeat(tf.cast(forced_lengths, tf.int32), k, axis=0)
+        forced_ids = ops.repeat(ops.cast(forced_ids, "int32"), k, axis=0)
+        forced_lengths = ops.repeat(ops.cast(forced_lengths, "int32"), k, axis=0)
     # Only beam 0 is alive at first, so the k beams do not start as copies.
-    initial_scores = tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch_size, 1])
+    first_beam = ops.convert_to_tensor([[0.0] + [_NEG_INF] * (k - 1)], "float32")
+    initial_scores = ops.tile(first_beam, [batch_size, 1])
+    row_offsets = ops.arange(batch_size, dtype="int32") * k  # [B]
 
     # The most normalized score a beam still going can reach (alpha >= 0).
     best_possible = 1.0 / length_penalty(max_length, alpha) if alpha >= 0 else None
 
     def rows_done(finished, lengths, scores):
-        finished = tf.reshape(finished, [batch_size, k])
+        finished = ops.reshape(finished, [-1, k])
         if best_possible is None:
-            return tf.reduce_all(finished, axis=1)
-        lengths = tf.reshape(lengths, [batch_size, k])
-        ended = tf.where(finished, scores / length_penalty(lengths, alpha), -np.inf)
-        going = tf.where(finished, -np.inf, scores * best_possible)
-        return tf.reduce_max(ended, axis=1) >= tf.reduce_max(going, axis=1)
+            return ops.all(finished, axis=1)
+        lengths = ops.reshape(lengths, [-1, k])
+        ended = ops.where(finished, scores / length_penalty(lengths, alpha), -np.inf)
+        going = ops.where(finished, -np.inf, scores * best_possible)
+        return ops.max(ended, axis=1) >= ops.max(going, axis=1)
 
     def body(i, token, ids, finished, lengths, scores, state):
         logits, state = stepper.step(token, i, state)
-        log_probs = tf.nn.log_softmax(logits)  # [B·k, V]
-        vocab = tf.shape(log_probs)[1]
-        log_probs = tf.where(tf.range(vocab) == PAD_ID, _NEG_INF, log_probs)  # never chosen
+        log_probs = ops.log_softmax(logits)  # [B·k, V]
+        vocab = ops.shape(log_probs)[1]
+        vocab_ids = ops.arange(vocab, dtype="int32")
+        log_probs = ops.where(vocab_ids == PAD_ID, _NEG_INF, log_probs)  # never chosen
         forced, is_forced = _forced_token(forced_ids, forced_lengths, i + 1, flat)
-        only = lambda t: tf.one_hot(t, vocab, on_value=0.0, off_value=_NEG_INF)  # noqa: E731
-        log_probs = tf.where(is_forced[:, None], only(forced), log_probs)
-        log_probs = tf.where(finished[:, None], only(tf.fill([flat], PAD_ID)), log_probs)
-        candidates = tf.reshape(scores, [-1, 1]) + log_probs  # [B·k, V]
-        candidates = tf.reshape(candidates, [batch_size, k * vocab])
-        scores, index = tf.math.top_k(candidates, k=k)  # [B, k]
+
+        def only(token):  # log-probabilities that allow `token` alone
+            return ops.where(vocab_ids[None] == token[:, None], 0.0, _NEG_INF)
+
+        log_probs = ops.where(is_forced[:, None], only(forced), log_probs)
+        log_probs = ops.where(finished[:, None], only(ops.full_like(forced, PAD_ID)),
+                              log_probs)
+        candidates = ops.reshape(scores, [-1, 1]) + log_probs  # [B·k, V]
+        candidates = ops.reshape(candidates, [-1, k * vocab])
+        scores, index = ops.top_k(candidates, k=k)  # [B, k]
+        index = ops.cast(index, "int32")
         beam = index // vocab
-        new_token = tf.reshape(index % vocab, [-1])
-        rows = tf.reshape(beam + k * tf.range(batch_size)[:, None], [-1])  # [B·k]
+        new_token = ops.reshape(index % vocab, [-1])
+        rows = ops.reshape(beam + row_offsets[:, None], [-1])  # [B·k]
         state = stepper.gather(state, rows)
-        ids = _write(tf.gather(ids, rows), i, new_token)
-        was_finished = tf.gather(finished, rows)
-        lengths = tf.gather(lengths, rows) + tf.cast(~was_finished, tf.int32)
-        is_forced = tf.gather(is_forced, rows)
+        ids = _write(_take_rows(ids, rows), i, new_token)
+        was_finished = _take_rows(finished, rows)
+        lengths = _take_rows(lengths, rows) + ops.cast(~was_finished, "int32")
+        is_forced = _take_rows(is_forced, rows)
         finished = was_finished | ((new_token == END_ID) & ~is_forced)
         return i + 1, new_token, ids, finished, lengths, scores, state
 
     def cond(i, token, ids, finished, lengths, scores, state):
-        return (i < max_length) & ~tf.reduce_all(rows_done(finished, lengths, scores))
+        return (i < max_length) & ~ops.all(rows_done(finished, lengths, scores))
 
-    loop_vars = (tf.constant(0), tf.repeat(first_ids, k), tf.zeros([flat, max_length], tf.int32),
-                 tf.zeros([flat], tf.bool), tf.zeros([flat], tf.int32), initial_scores, state)
-    _, _, ids, finished, lengths, scores, _ = tf.while_loop(
+    loop_vars = (ops.convert_to_tensor(0, "int32"), ops.repeat(first_ids, k, axis=0),
+                 ops.zeros([flat, max_length], "int32"), ops.zeros([flat], "bool"),
+                 ops.zeros([flat], "int32"), initial_scores, state)
+    _, _, ids, finished, lengths, scores, _ = ops.while_loop(
         cond, body, loop_vars, maximum_iterations=max_length
     )
-    normalized = scores / tf.reshape(length_penalty(lengths, alpha), [batch_size, k])
+    normalized = scores / ops.reshape(length_penalty(lengths, alpha), [-1, k])
     # In a row that is done, a beam still going cannot win: only ended beams count.
-    going = ~tf.reshape(finished, [batch_size, k])
-    normalized = tf.where(rows_done(finished, lengths, scores)[:, None] & going, -np.inf,
-                          normalized)
-    best = tf.argmax(normalized, axis=-1, output_type=tf.int32)  # [B]
-    rows = best + k * tf.range(batch_size)
-    return tf.gather(ids, rows), tf.gather(tf.reshape(scores, [-1]), rows)
+    going = ~ops.reshape(finished, [-1, k])
+    normalized = ops.where(rows_done(finished, lengths, scores)[:, None] & going, -np.inf,
+                           normalized)
+    best = ops.cast(ops.argmax(normalized, axis=-1), "int32")  # [B]
+    rows = best + row_offsets
+    return _take_rows(ids, rows), _take_rows(ops.reshape(scores, [-1]), rows)

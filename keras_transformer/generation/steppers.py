@@ -13,10 +13,12 @@ search needs:
 - `repeat(state, k)` / `gather(state, indices)`: for beam search.
 
 The stepper only calls the model's `encode`, `initial_cache` and
-`call_with_cache`: the forward pass belongs to the model.
+`call_with_cache`: the forward pass belongs to the model. It is written in
+`keras.ops`, so it steps under every Keras backend.
 """
 
-import tensorflow as tf
+import keras
+from keras import ops
 
 from keras_transformer.models.cached_decoding import cached_decoder, is_encoder_decoder
 
@@ -48,13 +50,13 @@ class Stepper:
         (encoded once here), the batch size for a decoder-only model."""
         if self.is_encoder_decoder:
             encoded = self.decoder.encode(inputs)
-            batch_size = tf.shape(tf.nest.flatten(encoded)[0])[0]
+            batch_size = ops.shape(keras.tree.flatten(encoded)[0])[0]
             return self.decoder.initial_cache(batch_size, max_length, encoded)
         return self.decoder.initial_cache(inputs, max_length)
 
     def step(self, token_ids, index, state):
         logits, state = self.decoder.call_with_cache(token_ids[:, None], state, index)
-        return tf.cast(logits[:, 0], tf.float32), state
+        return ops.cast(logits[:, 0], "float32"), state
 
     def step_with_attention(self, token_ids, index, state):
         """`step`, plus each decoder block's cross-attention `(B, N, S)`."""
@@ -64,16 +66,16 @@ class Stepper:
                              "`call_with_cache_and_attention`, so its attention cannot be "
                              "shown.")
         logits, state, attention = method(token_ids[:, None], state, index)
-        return (tf.cast(logits[:, 0], tf.float32), state,
+        return (ops.cast(logits[:, 0], "float32"), state,
                 [scores[:, :, 0] for scores in attention])
 
     def repeat(self, state, k):
         """Each row of every state tensor repeated `k` times: `(B, ...)` → `(B·k, ...)`."""
-        return tf.nest.map_structure(lambda t: tf.repeat(t, k, axis=0), state)
+        return keras.tree.map_structure(lambda t: ops.repeat(t, k, axis=0), state)
 
     def gather(self, state, indices):
         """The rows `indices` `(B·k,)` of every state tensor (beams that survive)."""
-        return tf.nest.map_structure(lambda t: tf.gather(t, indices, axis=0), state)
+        return keras.tree.map_structure(lambda t: ops.take(t, indices, axis=0), state)
 
 
 class EncoderDecoderStepper(Stepper):

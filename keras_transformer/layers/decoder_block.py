@@ -174,19 +174,20 @@ class DecoderBlock(TransformerBlockBase):
         # Causal self-attention block.
         residual = x
         x = self._pre_norm(x, self._self_attention_norm)
-        x, *rest = self._self_attention(
+        x, *rest = _as_tuple(self._self_attention(
             x,
             query_mask=decoder_padding_mask,
             attention_mask=decoder_attention_mask,
             use_causal_mask=use_causal_mask,
             cache=self_attention_cache,
             cache_index=self_attention_cache_index,
-            return_attention_scores=True,
+            return_attention_scores=return_attention_scores,
             training=training,
-        )
+        ))
         if self_attention_cache is not None:
             self_attention_cache = rest.pop(0)
-        scores["self_attention"] = rest[0]
+        if return_attention_scores:
+            scores["self_attention"] = rest[0]
         x = self._add_residual(
             x, residual, self._self_attention_dropout, self._self_attention_norm, training
         )
@@ -199,17 +200,18 @@ class DecoderBlock(TransformerBlockBase):
                 cross_attention_cache = self.compute_cross_attention_cache(encoder_sequence)
             residual = x
             x = self._pre_norm(x, self._cross_attention_norm)
-            x, *rest = self._cross_attention(
+            x, *rest = _as_tuple(self._cross_attention(
                 x,
                 encoder_sequence if cross_attention_cache is None else None,
                 query_mask=decoder_padding_mask,
                 value_mask=encoder_padding_mask,
                 attention_mask=encoder_attention_mask,
                 cache=cross_attention_cache,
-                return_attention_scores=True,
+                return_attention_scores=return_attention_scores,
                 training=training,
-            )
-            scores["cross_attention"] = rest[-1]
+            ))
+            if return_attention_scores:
+                scores["cross_attention"] = rest[-1]
             x = self._add_residual(
                 x, residual, self._cross_attention_dropout, self._cross_attention_norm,
                 training,
@@ -271,3 +273,8 @@ class DecoderBlock(TransformerBlockBase):
                 )
             outputs += (scores,)
         return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _as_tuple(outputs):
+    """An attention layer's outputs as a tuple (one tensor alone is not one)."""
+    return outputs if isinstance(outputs, tuple) else (outputs,)

@@ -90,13 +90,15 @@ class EncoderBlock(TransformerBlockBase):
         # Self-attention block.
         residual = x
         x = self._pre_norm(x, self._self_attention_norm)
-        x, scores = self._self_attention(
+        x = self._self_attention(
             x,
             query_mask=padding_mask,
             attention_mask=attention_mask,
-            return_attention_scores=True,
+            return_attention_scores=return_attention_scores,
             training=training,
         )
+        if return_attention_scores:
+            x, scores = x
         x = self._add_residual(
             x, residual, self._self_attention_dropout, self._self_attention_norm, training
         )

@@ -179,7 +179,10 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
                 self.aux_loss_weight * routing["aux_loss"]
                 + self.z_loss_weight * routing["z_loss"]
             )
-        self.routing_statistics.update_state(routing["assigned"], routing["kept_per_expert"])
+        if _can_update_metrics(inputs):
+            self.routing_statistics.update_state(
+                routing["assigned"], routing["kept_per_expert"]
+            )
         outputs = self._dispatch_and_combine(tokens, routing, training)
         return unflatten(outputs)
 
@@ -349,3 +352,18 @@ def _check(ok, name, value, expected):
 def _glorot(fan_in, fan_out):
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return keras.initializers.RandomUniform(-limit, limit)
+
+
+def _can_update_metrics(inputs):
+    """False inside a JAX trace (`fit`'s compiled step, `jax.jit`).
+
+    Keras's JAX trainer runs a layer's `call` statelessly with only the
+    trainable and non-trainable weights in scope: a metric updated from inside
+    `call` has no value there. Under JAX the routing statistics therefore
+    count eager calls only; the load-balancing loss works on every backend.
+    """
+    if keras.backend.backend() != "jax":
+        return True
+    import jax
+
+    return not isinstance(inputs, jax.core.Tracer)

@@ -225,6 +225,16 @@ class MultiHeadAttention(keras.layers.Layer):
                 cache = ops.slice_update(cache, [0, 0, cache_index, 0, 0], update)
                 key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, N, H]
 
+        # Causal self-attention with no other mask: the kernel's own causal
+        # mode, no `(T, S)` mask built.
+        causal_only = (
+            use_causal_mask
+            and value is query
+            and cache is None
+            and query_mask is None
+            and value_mask is None
+            and attention_mask is None
+        )
         attention_mask = masks_lib.merge_attention_masks(
             ops.shape(query_heads)[1],
             ops.shape(key_heads)[1],
@@ -234,9 +244,18 @@ class MultiHeadAttention(keras.layers.Layer):
             use_causal_mask=use_causal_mask,
             causal_offset=0 if cache_index is None else cache_index,
         )
-        output, scores = self._attend(
-            query_heads, key_heads, value_heads, attention_mask, training
-        )
+        if (
+            return_attention_scores
+            or self._dropout_active(training)
+            or not _fused_kernel_supports(self.compute_dtype)
+        ):
+            output, scores = self._attend(
+                query_heads, key_heads, value_heads, attention_mask, training
+            )
+        else:
+            output = self._attend_fused(
+                query_heads, key_heads, value_heads, attention_mask, causal_only
+            )
         output = self._output_dense(output)  # [B, T, D]
 
         outputs = (output,)
@@ -246,8 +265,45 @@ class MultiHeadAttention(keras.layers.Layer):
             outputs += (scores,)
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def _dropout_active(self, training):
+        return self.dropout > 0 and bool(training)
+
+    def _attend_fused(self, query_heads, key_heads, value_heads, mask, causal_only=False):
+        """`_attend` through `keras.ops.dot_product_attention`, without scores.
+
+        The backend's fused kernel (cuDNN flash attention under JAX or
+        PyTorch on a GPU, when the shapes and dtypes allow it; XLA's fusion
+        elsewhere) never writes the `(B, N, T, S)` probabilities to memory.
+        The semantics are `_attend`'s: the backends run the softmax in float32,
+        and a query with no visible key gets a zero row. Such a query is shown
+        every key inside the kernel (an all-masked row is NaN in some
+        kernels) and its output is then replaced by zeros.
+        """
+        scale = 1.0 / math.sqrt(self._head_dim)
+        if mask is None or causal_only:
+            return ops.dot_product_attention(
+                query_heads, key_heads, value_heads, scale=scale, is_causal=causal_only
+            )
+        visible = ops.any(mask, axis=-1, keepdims=True)  # [B, T, 1]
+        kernel_mask = ops.logical_or(mask, ops.logical_not(visible))
+        # The full [B, 1, T, S]: cuDNN refuses masks broadcast over T or B.
+        batch, queries = ops.shape(query_heads)[0], ops.shape(query_heads)[1]
+        kernel_mask = ops.broadcast_to(
+            ops.expand_dims(kernel_mask, 1), (batch, 1, queries, ops.shape(key_heads)[1])
+        )
+        output = ops.dot_product_attention(
+            query_heads, key_heads, value_heads, mask=kernel_mask, scale=scale
+        )  # [B, T, N, H]
+        visible = ops.broadcast_to(visible, (batch, queries, 1))
+        visible = ops.expand_dims(visible, -1)  # [B, T, 1, 1]
+        return ops.where(visible, output, ops.zeros_like(output))
+
     def _attend(self, query_heads, key_heads, value_heads, mask, training):
-        """Scaled dot-product attention. `mask`: `(B or 1, T, S)` bool or None."""
+        """Scaled dot-product attention, materialized: returns the probabilities.
+
+        `mask`: `(B or 1, T, S)` bool or None. Used when the scores are asked
+        for or attention dropout is active; `_attend_fused` otherwise.
+        """
         query_heads = ops.multiply(
             query_heads, ops.cast(1.0 / math.sqrt(self._head_dim), query_heads.dtype)
         )
@@ -310,3 +366,16 @@ class MultiHeadAttention(keras.layers.Layer):
             }
         )
         return config
+
+
+def _fused_kernel_supports(dtype):
+    """Whether `keras.ops.dot_product_attention` runs `dtype` on this backend.
+
+    JAX's XLA kernel multiplies float16 with float32 accumulation, which
+    XLA's CPU backend refuses ('F16_F16_F32' under `jax.jit`).
+    """
+    if dtype == "float16" and keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    return True

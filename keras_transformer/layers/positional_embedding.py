@@ -51,6 +51,13 @@ class PositionalEmbedding(keras.layers.Layer):
         embeddings_initializer: initializer of the token (and learned
             position) embeddings. The default, normal with stddev
             `embed_dim^-0.5`, keeps the scaled token embedding near unit size.
+        reverse_compute_dtype: dtype of the tied output projection's matmul
+            (`reverse=True`). None (default): the layer's compute dtype, as
+            Keras's `Dense` and keras-hub's `ReversibleEmbedding` do, with the
+            result cast to float32 — under `mixed_bfloat16` the vocabulary-wide
+            matmul, often a third of a small model's FLOPs, runs on the
+            bfloat16 units. `"float32"`: inputs and weights in float32 too
+            (slower under mixed precision, a little more exact).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -59,8 +66,8 @@ class PositionalEmbedding(keras.layers.Layer):
         start_index: int or scalar int tensor, the position of the first token
             (for step-by-step decoding: step t is called with `start_index=t`).
         reverse: bool. If True, the layer is the output projection tied to the
-            token embedding: it returns the logits `hidden · Eᵀ`, computed in
-            float32 (also under mixed precision), `(B, T, vocab_size)`.
+            token embedding: it returns the float32 logits `hidden · Eᵀ`,
+            `(B, T, vocab_size)`, multiplied in `reverse_compute_dtype`.
 
     Returns:
         `(B, T, embed_dim)` embeddings, with the padding mask `(B, T)` attached
@@ -87,6 +94,7 @@ class PositionalEmbedding(keras.layers.Layer):
         scale=True,
         mask_zero=True,
         embeddings_initializer=None,
+        reverse_compute_dtype=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -103,6 +111,7 @@ class PositionalEmbedding(keras.layers.Layer):
         self.positions = positions
         self.scale = scale
         self.mask_zero = mask_zero
+        self.reverse_compute_dtype = reverse_compute_dtype
         if embeddings_initializer is None:
             embeddings_initializer = keras.initializers.RandomNormal(
                 stddev=embed_dim**-0.5
@@ -111,7 +120,7 @@ class PositionalEmbedding(keras.layers.Layer):
         self.supports_masking = mask_zero
 
     def build(self, token_ids_shape=None):
-        # Not autocast: the tied output projection reads it in float32.
+        # Not autocast: the tied output projection casts it itself.
         self.token_embeddings = self.add_weight(
             name="token_embeddings",
             shape=(self.vocab_size, self.embed_dim),
@@ -130,8 +139,10 @@ class PositionalEmbedding(keras.layers.Layer):
 
     def call(self, token_ids, start_index=0, reverse=False):
         if reverse:
-            hidden = ops.cast(token_ids, "float32")
-            return ops.matmul(hidden, ops.transpose(ops.cast(self.token_embeddings, "float32")))
+            dtype = self.reverse_compute_dtype or self.compute_dtype
+            hidden = ops.cast(token_ids, dtype)
+            logits = ops.matmul(hidden, ops.transpose(ops.cast(self.token_embeddings, dtype)))
+            return ops.cast(logits, "float32")
         if len(token_ids.shape) != 2:
             raise ValueError(
                 "`token_ids` must have shape (batch, length). "
@@ -197,6 +208,7 @@ class PositionalEmbedding(keras.layers.Layer):
                 "positions": self.positions,
                 "scale": self.scale,
                 "mask_zero": self.mask_zero,
+                "reverse_compute_dtype": self.reverse_compute_dtype,
                 "embeddings_initializer": keras.initializers.serialize(
                     self.embeddings_initializer
                 ),

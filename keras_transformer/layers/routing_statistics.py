@@ -47,8 +47,8 @@ class RoutingStatistics(keras.metrics.Metric):
         return {f"{self.name}_dropped": dropped, f"{self.name}_max_load": max_load}
 
     def reset_state(self):
-        self.assigned.assign(ops.zeros_like(self.assigned))
-        self.kept.assign(ops.zeros_like(self.kept))
+        self.assigned.assign(ops.zeros(self.assigned.shape, dtype=self.assigned.dtype))
+        self.kept.assign(ops.zeros(self.kept.shape, dtype=self.kept.dtype))
 
     def get_config(self):
         return {**super().get_config(), "num_experts": self.num_experts}
