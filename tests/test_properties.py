@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis) of the mask and attention invariants."""
 
 import numpy as np
+from keras import ops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,7 +67,7 @@ def test_attention_respects_any_mask_and_stays_finite(case, seed):
                                     attention_mask, causal, offset)
     output, scores = ATTENTION(query, value, attention_mask=attention_mask,
                                return_attention_scores=True)
-    output, scores = np.asarray(output), np.asarray(scores)
+    output, scores = ops.convert_to_numpy(output), ops.convert_to_numpy(scores)
     assert np.isfinite(output).all() and np.isfinite(scores).all()
     # No probability on masked keys; each row sums to 1, or to 0 when it sees nothing.
     visible = attention_mask[:, None]
@@ -79,7 +80,8 @@ def test_attention_respects_any_mask_and_stays_finite(case, seed):
     hidden_keys = ~attention_mask.any(1)  # keys no query may see, [B, S]
     changed = np.where(hidden_keys[:, :, None], value + noise, value)
     np.testing.assert_allclose(
-        np.asarray(ATTENTION(query, changed, attention_mask=attention_mask)), output, atol=1e-5)
+        ops.convert_to_numpy(ATTENTION(query, changed, attention_mask=attention_mask)), output,
+        atol=1e-5)
 
 
 @settings(max_examples=60, deadline=None)
@@ -94,11 +96,11 @@ def test_fused_attention_equals_the_materialized_path(case, seed):
     value = rng.normal(size=(batch, keys, 6)).astype("float32")
     arguments = dict(query_mask=query_mask, value_mask=value_mask,
                      attention_mask=attention_mask, use_causal_mask=causal)
-    fused = np.asarray(ATTENTION(query, value, **arguments))
+    fused = ops.convert_to_numpy(ATTENTION(query, value, **arguments))
     materialized, _ = ATTENTION(query, value, return_attention_scores=True, **arguments)
-    np.testing.assert_allclose(fused, np.asarray(materialized), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused, ops.convert_to_numpy(materialized), rtol=1e-5, atol=1e-5)
     # Self-attention too (the causal-only case uses the kernel's causal mode).
     self_arguments = dict(query_mask=query_mask, use_causal_mask=causal)
-    fused = np.asarray(ATTENTION(query, **self_arguments))
+    fused = ops.convert_to_numpy(ATTENTION(query, **self_arguments))
     materialized, _ = ATTENTION(query, return_attention_scores=True, **self_arguments)
-    np.testing.assert_allclose(fused, np.asarray(materialized), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused, ops.convert_to_numpy(materialized), rtol=1e-5, atol=1e-5)

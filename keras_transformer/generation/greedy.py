@@ -7,6 +7,7 @@ are tested against.
 """
 
 import numpy as np
+from keras import ops
 
 from keras_transformer.data.special_tokens import END_ID, PAD_ID, START_ID
 from keras_transformer.models.graph import read_structure
@@ -14,7 +15,7 @@ from keras_transformer.models.graph import read_structure
 
 def _most_probable(logits):
     """The most probable token of each row, `[PAD]` excluded (as in the searches)."""
-    logits = np.array(logits, dtype="float32")
+    logits = np.array(ops.convert_to_numpy(logits), dtype="float32")
     logits[:, PAD_ID] = -np.inf
     return logits.argmax(-1).astype("int32")
 
