@@ -17,6 +17,7 @@ from keras_transformer.layers import (
     MultiHeadAttention,
     PositionalEmbedding,
     PositionwiseFFN,
+    RMSNormalization,
     RoutingStatistics,
 )
 from keras_transformer.layers import masks
@@ -37,6 +38,7 @@ __all__ = [
     "MultiHeadAttention",
     "PositionalEmbedding",
     "PositionwiseFFN",
+    "RMSNormalization",
     "RoutingStatistics",
     "masks",
 ]

@@ -33,12 +33,12 @@ def test_bad_configuration_is_a_value_error():
         PositionwiseFFN(hidden_dim=0)
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu", "geglu"])
 def test_common_layer_checks(tmp_path, activation):
     run_layer_checks(
         PositionwiseFFN,
         {"hidden_dim": 32, "activation": activation, "dropout": 0.1},
         {"inputs": X},
-        expected_trainable_weights=4,
+        expected_trainable_weights=6 if activation.endswith("glu") else 4,
         tmp_path=tmp_path,
     )

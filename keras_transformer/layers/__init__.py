@@ -7,6 +7,7 @@ from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.positional_embedding import PositionalEmbedding
 from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
 from keras_transformer.layers.replica_losses import ReplicaLocalLosses
+from keras_transformer.layers.rms_normalization import RMSNormalization
 from keras_transformer.layers.routing_statistics import RoutingStatistics
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "PositionalEmbedding",
     "PositionwiseFFN",
     "ReplicaLocalLosses",
+    "RMSNormalization",
     "RoutingStatistics",
 ]

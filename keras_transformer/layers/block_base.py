@@ -2,9 +2,11 @@
 
 import keras
 
+from keras_transformer.layers import activations as activations_lib
 from keras_transformer.layers.moe import MoE
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
+from keras_transformer.layers.rms_normalization import RMSNormalization
 from keras_transformer.layers.validation import check_positive_int, check_rate
 
 
@@ -23,7 +25,16 @@ class TransformerBlockBase(keras.layers.Layer):
 
     The feed-forward sub-layer is a `PositionwiseFFN`, or with `moe={...}` a
     sparse mixture of experts `MoE(expert_dim=ffn_dim, **moe)`.
+
+    The options of current decoders (the paper's choices stay the defaults):
+    `norm="rms"` (RMSNorm instead of LayerNorm), `activation="swiglu"` or
+    `"geglu"` (gated feed-forward networks and experts),
+    `num_key_value_heads` (grouped-query attention, multi-query at 1) and
+    `rotary=True` (rotary position embeddings in self-attention; pair it with
+    `PositionalEmbedding(positions="none")`).
     """
+
+    _NORMS = ("layer", "rms")
 
     def __init__(
         self,
@@ -37,9 +48,25 @@ class TransformerBlockBase(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         moe=None,
+        norm="layer",
+        num_key_value_heads=None,
+        rotary=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if norm not in self._NORMS:
+            raise ValueError(f"`norm` must be one of {self._NORMS}. Received: norm={norm!r}")
+        if num_key_value_heads is not None and (
+            not isinstance(num_key_value_heads, int) or num_key_value_heads < 1
+            or num_heads % num_key_value_heads
+        ):
+            raise ValueError(
+                "`num_key_value_heads` must be None or a positive divisor of `num_heads`. "
+                f"Received: num_key_value_heads={num_key_value_heads!r}, num_heads={num_heads}"
+            )
+        self.norm = norm
+        self.num_key_value_heads = num_key_value_heads
+        self.rotary = bool(rotary)
         if moe is not None and (not isinstance(moe, dict) or "num_experts" not in moe):
             raise ValueError(
                 "`moe` must be None (a dense feed-forward network) or a dict of `MoE` "
@@ -54,7 +81,7 @@ class TransformerBlockBase(keras.layers.Layer):
         self.dropout = dropout
         self.norm_first = norm_first
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.activation = keras.activations.get(activation)
+        self._gated, self.activation = activations_lib.resolve(activation)
         self.head_dim = head_dim
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -68,11 +95,17 @@ class TransformerBlockBase(keras.layers.Layer):
                 f"embed_dim. Received: {name}.shape={tuple(shape)}"
             )
 
-    def _make_attention(self, name):
+    @property
+    def _activation_config(self):
+        return activations_lib.serialize(self.activation, self._gated)
+
+    def _make_attention(self, name, self_attention=True):
         return MultiHeadAttention(
             num_heads=self.num_heads,
             head_dim=self.head_dim,
             dropout=self.dropout,
+            num_key_value_heads=self.num_key_value_heads,
+            rotary=self.rotary and self_attention,
             kernel_initializer=self._clone(self.kernel_initializer),
             bias_initializer=self._clone(self.bias_initializer),
             dtype=self.dtype_policy,
@@ -83,12 +116,12 @@ class TransformerBlockBase(keras.layers.Layer):
         if self.moe is not None:
             # Named after the block, so each block's routing statistics get
             # their own name in `fit`'s logs.
-            arguments = {"expert_dim": self.ffn_dim, "activation": self.activation}
+            arguments = {"expert_dim": self.ffn_dim, "activation": self._activation_config}
             arguments.update(self.moe)
             return MoE(**arguments, dtype=self.dtype_policy, name=f"{self.name}_moe")
         return PositionwiseFFN(
             hidden_dim=self.ffn_dim,
-            activation=self.activation,
+            activation=self._activation_config,
             kernel_initializer=self._clone(self.kernel_initializer),
             bias_initializer=self._clone(self.bias_initializer),
             dtype=self.dtype_policy,
@@ -96,6 +129,10 @@ class TransformerBlockBase(keras.layers.Layer):
         )
 
     def _make_norm(self, name):
+        if self.norm == "rms":
+            return RMSNormalization(
+                epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+            )
         return keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
         )
@@ -125,13 +162,16 @@ class TransformerBlockBase(keras.layers.Layer):
                 "dropout": self.dropout,
                 "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": self._activation_config,
                 "head_dim": self.head_dim,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "moe": self.moe,
+                "norm": self.norm,
+                "num_key_value_heads": self.num_key_value_heads,
+                "rotary": self.rotary,
             }
         )
         return config

@@ -34,7 +34,8 @@ class DecoderBlock(TransformerBlockBase):
             on each sub-layer's output before the residual.
         norm_first: bool, pre-LN instead of post-LN.
         layer_norm_epsilon: float, epsilon of the layer normalizations.
-        activation: activation of the feed-forward network.
+        activation: activation of the feed-forward network, or `"swiglu"` /
+            `"geglu"` for a gated one.
         head_dim: int or None, size of each attention head; None means
             `embed_dim // num_heads`.
         kernel_initializer: initializer of the dense kernels.
@@ -43,6 +44,13 @@ class DecoderBlock(TransformerBlockBase):
             arguments (at least `num_experts`; `expert_dim` defaults to
             `ffn_dim`) for a sparse mixture of experts, e.g.
             `{"num_experts": 8, "top_k": 2}`.
+        norm: `"layer"` (LayerNormalization, the paper) or `"rms"` (RMSNorm,
+            float32 statistics).
+        num_key_value_heads: int or None, grouped-query attention (each
+            key/value head shared by `num_heads / num_key_value_heads` query
+            heads; 1 = multi-query); the caches shrink by that factor.
+        rotary: bool, rotary position embeddings in self-attention (use
+            `PositionalEmbedding(positions="none")` with it).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -95,7 +103,7 @@ class DecoderBlock(TransformerBlockBase):
         self._cross_attention = None
         if encoder_sequence_shape is not None:
             self._check_sequence_shape("encoder_sequence", encoder_sequence_shape)
-            self._cross_attention = self._make_attention("cross_attention")
+            self._cross_attention = self._make_attention("cross_attention", self_attention=False)
             self._cross_attention.build(decoder_sequence_shape, encoder_sequence_shape)
             self._cross_attention_norm = self._make_norm("cross_attention_norm")
             self._cross_attention_norm.build(decoder_sequence_shape)
@@ -259,7 +267,7 @@ class DecoderBlock(TransformerBlockBase):
         if self_attention_cache is not None:
             outputs += (spec(self_attention_cache.shape),)
             if self.has_cross_attention:
-                heads = self._cross_attention.num_heads, self._cross_attention._head_dim
+                heads = self._cross_attention._num_kv_heads, self._cross_attention._head_dim
                 cross_shape = (batch, 2, encoder_length, *heads)
                 outputs += (spec(cross_shape),)
         if return_attention_scores:

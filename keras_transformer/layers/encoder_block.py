@@ -25,7 +25,8 @@ class EncoderBlock(TransformerBlockBase):
             on each sub-layer's output before the residual (0.1 in the paper).
         norm_first: bool, pre-LN instead of post-LN.
         layer_norm_epsilon: float, epsilon of the layer normalizations.
-        activation: activation of the feed-forward network.
+        activation: activation of the feed-forward network, or `"swiglu"` /
+            `"geglu"` for a gated one.
         head_dim: int or None, size of each attention head; None means
             `embed_dim // num_heads`.
         kernel_initializer: initializer of the dense kernels.
@@ -34,6 +35,13 @@ class EncoderBlock(TransformerBlockBase):
             arguments (at least `num_experts`; `expert_dim` defaults to
             `ffn_dim`) for a sparse mixture of experts, e.g.
             `{"num_experts": 8, "top_k": 2}`.
+        norm: `"layer"` (LayerNormalization, the paper) or `"rms"` (RMSNorm,
+            float32 statistics).
+        num_key_value_heads: int or None, grouped-query attention (each
+            key/value head shared by `num_heads / num_key_value_heads` query
+            heads; 1 = multi-query); the caches shrink by that factor.
+        rotary: bool, rotary position embeddings in self-attention (use
+            `PositionalEmbedding(positions="none")` with it).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:

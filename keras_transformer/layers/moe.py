@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_transformer.layers import activations as activations_lib
 from keras_transformer.layers import masks as masks_lib
 from keras_transformer.layers import moe_routing as routing_lib
 from keras_transformer.layers.replica_losses import ReplicaLocalLosses
@@ -68,7 +69,8 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
         num_experts: int, number of experts.
         expert_dim: int, inner width of each expert.
         top_k: int in [1, num_experts], experts per token.
-        activation: activation of the experts' inner layer.
+        activation: activation of the experts' inner layer, or `"swiglu"` /
+            `"geglu"` for gated experts (`gate_kernel`, `gate_bias` added).
         capacity_factor: float > 0, training capacity factor.
         eval_capacity_factor: float > 0 or None (no dropping), at inference.
         router_jitter: float in [0, 1): in training, the router sees the
@@ -132,7 +134,7 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
         self.num_experts = num_experts
         self.expert_dim = expert_dim
         self.top_k = top_k
-        self.activation = keras.activations.get(activation)
+        self.gated, self.activation = activations_lib.resolve(activation)
         self.capacity_factor = capacity_factor
         self.eval_capacity_factor = eval_capacity_factor
         self.router_jitter = router_jitter
@@ -166,6 +168,11 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
             name="output_kernel", shape=(e, f, d), initializer=_glorot(f, d)
         )
         self.output_bias = self.add_weight(name="output_bias", shape=(e, d), initializer="zeros")
+        if self.gated:  # SwiGLU / GeGLU experts: act(x·W_g + b_g) ⊙ (x·W₁ + b₁)
+            self.gate_kernel = self.add_weight(
+                name="gate_kernel", shape=(e, d, f), initializer=_glorot(d, f)
+            )
+            self.gate_bias = self.add_weight(name="gate_bias", shape=(e, f), initializer="zeros")
         self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.built = True
 
@@ -311,7 +318,12 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
             ops.take(padded_tokens, slot_token, axis=0), (num_experts, size, dim)
         )  # [E, hi - lo, D]
         hidden = ops.einsum("ecd,edf->ecf", expert_inputs, self.inner_kernel)
-        hidden = self.activation(hidden + ops.expand_dims(self.inner_bias, 1))  # [E, ., F]
+        hidden = hidden + ops.expand_dims(self.inner_bias, 1)  # [E, ., F]
+        if self.gated:
+            gate = ops.einsum("ecd,edf->ecf", expert_inputs, self.gate_kernel)
+            hidden = self.activation(gate + ops.expand_dims(self.gate_bias, 1)) * hidden
+        else:
+            hidden = self.activation(hidden)
         hidden = self._dropout_layer(hidden, training=training)
         expert_outputs = ops.einsum("ecf,efd->ecd", hidden, self.output_kernel)
         expert_outputs = expert_outputs + ops.expand_dims(self.output_bias, 1)  # [E, ., D]
@@ -332,7 +344,7 @@ class MoE(ReplicaLocalLosses, keras.layers.Layer):
                 "num_experts": self.num_experts,
                 "expert_dim": self.expert_dim,
                 "top_k": self.top_k,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": activations_lib.serialize(self.activation, self.gated),
                 "capacity_factor": self.capacity_factor,
                 "eval_capacity_factor": self.eval_capacity_factor,
                 "router_jitter": self.router_jitter,

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import masks as masks_lib
+from keras_transformer.layers.rotary import apply_rotary
 from keras_transformer.layers.validation import check_floating, check_positive_int, check_rate
 
 # Added to the scores of masked keys (in float32) before the softmax. Finite, so
@@ -40,6 +41,17 @@ class MultiHeadAttention(keras.layers.Layer):
             `embed_dim // num_heads`, which must then divide exactly.
         dropout: float in [0, 1), dropout rate on the attention probabilities.
         use_bias: bool, whether the projections have biases.
+        num_key_value_heads: int or None. Grouped-query attention: the keys
+            and values have this many heads, each shared by
+            `num_heads / num_key_value_heads` query heads (1: multi-query).
+            None: `num_heads` (ordinary multi-head attention). The cache holds
+            only the key/value heads. The weights then match
+            `keras.layers.GroupQueryAttention`'s.
+        rotary: bool, whether to rotate queries and keys by their positions
+            (rotary position embeddings, `rotary.apply_rotary`): the query at
+            `cache_index + t` and the keys at their own positions. For
+            self-attention; a precomputed cross-attention cache is refused.
+        rotary_max_wavelength: float, the rotary embeddings' longest wavelength.
         kernel_initializer: initializer of the projection kernels.
         bias_initializer: initializer of the projection biases.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
@@ -58,7 +70,8 @@ class MultiHeadAttention(keras.layers.Layer):
             attend to key `s`.
         use_causal_mask: bool. If True, query `t` attends only to keys
             `s <= t + cache_index` (`cache_index` is 0 without a cache).
-        cache: None, or a `(B, 2, S, N, H)` tensor holding the projected keys
+        cache: None, or a `(B, 2, S, K, H)` tensor (K = `num_key_value_heads`)
+            holding the projected keys
             (`cache[:, 0]`) and values (`cache[:, 1]`).
             - With `cache_index` (self-attention decoding): the keys and
               values of `query` (or `value` if given) are written into the
@@ -101,6 +114,9 @@ class MultiHeadAttention(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        num_key_value_heads=None,
+        rotary=False,
+        rotary_max_wavelength=10000,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -108,6 +124,16 @@ class MultiHeadAttention(keras.layers.Layer):
         if head_dim is not None:
             check_positive_int("head_dim", head_dim)
         check_rate("dropout", dropout)
+        if num_key_value_heads is not None:
+            check_positive_int("num_key_value_heads", num_key_value_heads)
+            if num_heads % num_key_value_heads:
+                raise ValueError(
+                    "`num_heads` must be a multiple of `num_key_value_heads`. Received: "
+                    f"num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
+                )
+        self.num_key_value_heads = num_key_value_heads
+        self.rotary = bool(rotary)
+        self.rotary_max_wavelength = rotary_max_wavelength
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.dropout = dropout
@@ -135,13 +161,18 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"Received: embed_dim={embed_dim}, num_heads={self.num_heads}"
             )
         self._head_dim = self.head_dim or embed_dim // self.num_heads
+        if self.rotary and self._head_dim % 2:
+            raise ValueError(
+                f"Rotary embeddings need an even head size. Received: head_dim={self._head_dim}"
+            )
         value_shape = tuple(query_shape if value_shape is None else value_shape)
         heads = (None, self.num_heads, self._head_dim)
+        kv_heads = (None, self._num_kv_heads, self._head_dim)
         self._query_dense = self._projection("btd,dnh->btnh", heads, "nh", "query")
         self._query_dense.build(query_shape)
-        self._key_dense = self._projection("bsd,dnh->bsnh", heads, "nh", "key")
+        self._key_dense = self._projection("bsd,dnh->bsnh", kv_heads, "nh", "key")
         self._key_dense.build(value_shape)
-        self._value_dense = self._projection("bsd,dnh->bsnh", heads, "nh", "value")
+        self._value_dense = self._projection("bsd,dnh->bsnh", kv_heads, "nh", "value")
         self._value_dense.build(value_shape)
         self._output_dense = self._projection(
             "btnh,nhd->btd", (None, embed_dim), "d", "attention_output"
@@ -149,6 +180,10 @@ class MultiHeadAttention(keras.layers.Layer):
         self._output_dense.build((*query_shape[:2], self.num_heads, self._head_dim))
         self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.built = True
+
+    @property
+    def _num_kv_heads(self):
+        return self.num_key_value_heads or self.num_heads
 
     def _projection(self, equation, output_shape, bias_axes, name):
         projection = keras.layers.EinsumDense(
@@ -169,7 +204,7 @@ class MultiHeadAttention(keras.layers.Layer):
         return projection
 
     def compute_key_value_cache(self, value):
-        """Projects `value` `(B, S, D_v)` into a `(B, 2, S, N, H)` cache.
+        """Projects `value` `(B, S, D_v)` into a `(B, 2, S, K, H)` cache.
 
         Cross-attention computes this once per source sequence and passes it
         as `cache` (with no `cache_index`) at every decoding step.
@@ -177,9 +212,9 @@ class MultiHeadAttention(keras.layers.Layer):
         return ops.stack([self._key_dense(value), self._value_dense(value)], axis=1)
 
     def initial_cache(self, batch_size, max_length):
-        """A zero `(B, 2, max_length, N, H)` self-attention cache."""
+        """A zero `(B, 2, max_length, K, H)` self-attention cache (K key/value heads)."""
         return ops.zeros(
-            (batch_size, 2, max_length, self.num_heads, self._head_dim),
+            (batch_size, 2, max_length, self._num_kv_heads, self._head_dim),
             dtype=self.compute_dtype,
         )
 
@@ -211,19 +246,33 @@ class MultiHeadAttention(keras.layers.Layer):
             )
         if value is None and cache is None:
             value_mask = masks_lib.first_mask(value_mask, query_mask)
+        if precomputed and self.rotary:
+            raise ValueError(
+                "Rotary embeddings are for self-attention: this layer has `rotary=True` "
+                "but was given a precomputed cross-attention `cache`."
+            )
         if value is None and not precomputed:
             value = query
 
+        position = 0 if cache_index is None else cache_index
         query_heads = self._query_dense(query)  # [B, T, N, H]
+        if self.rotary:
+            query_heads = apply_rotary(query_heads, position, self.rotary_max_wavelength)
         if precomputed:
-            key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, N, H]
+            key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, K, H]
         else:
-            key_heads = self._key_dense(value)  # [B, S, N, H]
-            value_heads = self._value_dense(value)  # [B, S, N, H]
+            key_heads = self._key_dense(value)  # [B, S, K, H]
+            value_heads = self._value_dense(value)  # [B, S, K, H]
+            if self.rotary:
+                key_heads = apply_rotary(key_heads, position, self.rotary_max_wavelength)
             if cache is not None:
                 update = ops.stack([key_heads, value_heads], axis=1)
                 cache = ops.slice_update(cache, [0, 0, cache_index, 0, 0], update)
-                key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, N, H]
+                key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, K, H]
+        if self._num_kv_heads != self.num_heads:  # grouped-query: share each K/V head
+            groups = self.num_heads // self._num_kv_heads
+            key_heads = ops.repeat(key_heads, groups, axis=2)  # [B, S, N, H]
+            value_heads = ops.repeat(value_heads, groups, axis=2)
 
         # Causal self-attention with no other mask: the kernel's own causal
         # mode, no `(T, S)` mask built.
@@ -363,6 +412,9 @@ class MultiHeadAttention(keras.layers.Layer):
                     self.kernel_initializer
                 ),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "num_key_value_heads": self.num_key_value_heads,
+                "rotary": self.rotary,
+                "rotary_max_wavelength": self.rotary_max_wavelength,
             }
         )
         return config

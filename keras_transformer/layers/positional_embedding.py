@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_transformer.layers.validation import check_positive_int, check_token_ids
 
-_POSITIONS = ("sinusoidal", "learned")
+_POSITIONS = ("sinusoidal", "learned", "none")
 
 
 def sinusoidal_positions(positions, embed_dim):
@@ -45,7 +45,8 @@ class PositionalEmbedding(keras.layers.Layer):
             is known when the layer is called (eagerly, or symbolically with a
             fixed length). Learned positions cannot be looked up past it.
         embed_dim: int, width of the embeddings.
-        positions: `"sinusoidal"` (default) or `"learned"`.
+        positions: `"sinusoidal"` (default), `"learned"`, or `"none"` (no
+            added positions: for blocks with rotary embeddings, `rotary=True`).
         scale: bool, whether to multiply the token embedding by √embed_dim.
         mask_zero: bool, whether token id 0 is padding and produces a mask.
         embeddings_initializer: initializer of the token (and learned
@@ -156,6 +157,8 @@ class PositionalEmbedding(keras.layers.Layer):
         )  # [B, T, d]
         if self.scale:
             embeddings = embeddings * ops.cast(math.sqrt(self.embed_dim), embeddings.dtype)
+        if self.positions == "none":
+            return embeddings
         positions = ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(
             start_index, "int32"
         )

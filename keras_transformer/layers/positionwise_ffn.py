@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_transformer.layers import activations as activations_lib
 from keras_transformer.layers.validation import check_floating, check_positive_int, check_rate
 
 
@@ -15,7 +16,10 @@ class PositionwiseFFN(keras.layers.Layer):
 
     Args:
         hidden_dim: int, width of the inner layer (2048 in the base model).
-        activation: activation of the inner layer (name or callable).
+        activation: activation of the inner layer (name or callable), or
+            `"swiglu"` / `"geglu"` for a gated network
+            `(act(x·W_g + b_g) ⊙ (x·W₁ + b₁))·W₂ + b₂` with SiLU / GELU (a
+            third kernel, `gate_dense`).
         dropout: float in [0, 1), dropout on the inner activations.
         use_bias: bool, whether the two dense layers have biases.
         kernel_initializer: initializer of the kernels.
@@ -53,7 +57,7 @@ class PositionwiseFFN(keras.layers.Layer):
         check_positive_int("hidden_dim", hidden_dim)
         check_rate("dropout", dropout)
         self.hidden_dim = hidden_dim
-        self.activation = keras.activations.get(activation)
+        self.gated, self.activation = activations_lib.resolve(activation)
         self.dropout = dropout
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -67,8 +71,12 @@ class PositionwiseFFN(keras.layers.Layer):
                 "The last dimension of the inputs must be known. "
                 f"Received: inputs_shape={tuple(inputs_shape)}"
             )
-        self._inner_dense = self._dense(self.hidden_dim, self.activation, "inner_dense")
+        inner_activation = None if self.gated else self.activation
+        self._inner_dense = self._dense(self.hidden_dim, inner_activation, "inner_dense")
         self._inner_dense.build(inputs_shape)
+        if self.gated:
+            self._gate_dense = self._dense(self.hidden_dim, self.activation, "gate_dense")
+            self._gate_dense.build(inputs_shape)
         self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self._output_dense = self._dense(width, None, "output_dense")
         self._output_dense.build((*inputs_shape[:-1], self.hidden_dim))
@@ -90,6 +98,8 @@ class PositionwiseFFN(keras.layers.Layer):
     def call(self, inputs, padding_mask=None, training=None):
         check_floating("inputs", inputs)
         hidden = self._inner_dense(inputs)  # [..., hidden_dim]
+        if self.gated:
+            hidden = self._gate_dense(inputs) * hidden
         hidden = self._dropout_layer(hidden, training=training)
         return self._output_dense(hidden)  # [..., D]
 
@@ -101,7 +111,7 @@ class PositionwiseFFN(keras.layers.Layer):
         config.update(
             {
                 "hidden_dim": self.hidden_dim,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": activations_lib.serialize(self.activation, self.gated),
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
                 "kernel_initializer": keras.initializers.serialize(

@@ -2,7 +2,12 @@
 
 import keras
 
-from keras_transformer.layers import DecoderBlock, EncoderBlock, PositionalEmbedding
+from keras_transformer.layers import (
+    DecoderBlock,
+    EncoderBlock,
+    PositionalEmbedding,
+    RMSNormalization,
+)
 from keras_transformer.models.cached_decoding import StructuredDecoder
 
 
@@ -112,8 +117,9 @@ def build_causal_lm(config, name="causal_lm"):
 
 
 def _embedding(config, vocab_size, name):
+    positions = "none" if config.positions == "rotary" else config.positions
     return PositionalEmbedding(
-        vocab_size, config.max_length, config.embed_dim, positions=config.positions, name=name
+        vocab_size, config.max_length, config.embed_dim, positions=positions, name=name
     )
 
 
@@ -127,11 +133,16 @@ def _block_arguments(config, index):
         "layer_norm_epsilon": config.layer_norm_epsilon,
         "activation": config.activation,
         "moe": config.moe if use_moe else None,
+        "norm": config.norm,
+        "num_key_value_heads": config.num_key_value_heads,
+        "rotary": config.positions == "rotary",
     }
 
 
 def _final_norm(config, name):
     """The extra normalization a pre-LN stack needs after its last block."""
+    if config.norm == "rms":
+        return RMSNormalization(epsilon=config.layer_norm_epsilon, name=name)
     return keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name=name)
 
 

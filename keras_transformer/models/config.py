@@ -23,11 +23,13 @@ class TransformerConfig:
     dropout: float = 0.1  # residual, attention and embedding dropout (P_drop)
     norm_first: bool = False  # post-LN as in the paper; pre-LN is steadier for deep stacks
     layer_norm_epsilon: float = 1e-5
-    activation: str = "relu"  # max(0, xW₁+b₁)W₂+b₂
-    positions: str = "sinusoidal"  # or "learned"
+    activation: str = "relu"  # max(0, xW₁+b₁)W₂+b₂; "gelu", or gated "swiglu" / "geglu"
+    positions: str = "sinusoidal"  # or "learned", or "rotary" (rotated queries/keys, none added)
     tie_embeddings: bool = True  # the paper shares the target embedding and the output projection
     moe: dict | None = None  # MoE arguments (e.g. {"num_experts": 8}) to replace the FFNs
     moe_every: int = 2  # with `moe`: every n-th block is MoE (Switch uses every other one)
+    norm: str = "layer"  # LayerNorm as in the paper, or "rms" (RMSNorm)
+    num_key_value_heads: int | None = None  # grouped-query attention (1: multi-query)
 
     def __post_init__(self):
         if self.embed_dim % self.num_heads:
@@ -42,6 +44,15 @@ class TransformerConfig:
                 "A shared vocabulary has one size. Received: "
                 f"vocab_size={self.vocab_size}, source_vocab_size={self.source_vocab_size}"
             )
+        if self.positions not in ("sinusoidal", "learned", "rotary"):
+            raise ValueError("`positions` must be 'sinusoidal', 'learned' or 'rotary'. "
+                             f"Received: positions={self.positions!r}")
+        if self.num_key_value_heads is not None and (
+            self.num_key_value_heads < 1 or self.num_heads % self.num_key_value_heads
+        ):
+            raise ValueError(
+                "`num_key_value_heads` must divide `num_heads`. Received: "
+                f"num_key_value_heads={self.num_key_value_heads}, num_heads={self.num_heads}")
         if self.moe_every < 1:
             raise ValueError(f"`moe_every` must be >= 1. Received: moe_every={self.moe_every}")
 

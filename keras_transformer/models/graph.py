@@ -30,6 +30,7 @@ from keras_transformer.layers import (
     MoE,
     PositionalEmbedding,
     PositionwiseFFN,
+    RMSNormalization,
 )
 
 # Layers that act on each position alone (identity at inference for the
@@ -40,7 +41,7 @@ _POSITION_WISE = tuple(
         keras.layers.AlphaDropout, keras.layers.LayerNormalization,
         getattr(keras.layers, "RMSNormalization", None), keras.layers.UnitNormalization,
         keras.layers.Dense, keras.layers.Activation, keras.layers.ReLU,
-        keras.layers.Softmax, keras.layers.Identity, PositionwiseFFN, MoE,
+        keras.layers.Softmax, keras.layers.Identity, PositionwiseFFN, MoE, RMSNormalization,
     ) if cls is not None
 )
 # Call arguments that carry masks the cached step recomputes from the ids, or

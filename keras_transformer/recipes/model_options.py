@@ -28,8 +28,13 @@ _FIELDS = [
                                           "and the pipeline's cut)"),
     ("norm_first", ["--norm-first"], argparse.BooleanOptionalAction,
      "pre-LN blocks (--no-norm-first: post-LN, the paper's)"),
-    ("positions", ["--positions"], ("sinusoidal", "learned"), "position encodings"),
-    ("activation", ["--activation"], str, "activation of the feed-forward networks"),
+    ("positions", ["--positions"], ("sinusoidal", "learned", "rotary"),
+     "position encodings (rotary: rotated queries and keys, nothing added)"),
+    ("activation", ["--activation"], str, "activation of the feed-forward networks "
+                                          "(relu, gelu, or gated swiglu / geglu)"),
+    ("norm", ["--norm"], ("layer", "rms"), "normalization: LayerNorm or RMSNorm"),
+    ("num_key_value_heads", ["--kv-heads"], int, "key/value heads, grouped-query attention "
+                                               "(1: multi-query; default: one per head)"),
     ("tie_embeddings", ["--tie-embeddings"], argparse.BooleanOptionalAction,
      "share the target embedding with the output projection"),
     ("moe_every", ["--moe-every"], int, "with --moe-experts: every n-th block is MoE"),
