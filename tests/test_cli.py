@@ -156,3 +156,26 @@ def test_the_command_prints_no_tensorflow_start_up_noise(tmp_path):
     assert len(result.stdout.splitlines()) == 1
     for noise in ("absl::InitializeLog", "oneDNN", "cuInit", "cuda", "I0000", "E0000"):
         assert noise not in result.stderr, result.stderr[-2000:]
+
+
+def test_translation_recipe_defaults_on_a_real_corpus(tmp_path, capsys):
+    """`--data` gets the current blocks and, with `--minutes`, the clock schedule."""
+    import json
+
+    from keras_transformer.data import generate_pairs
+
+    corpus = tmp_path / "pairs.tsv"
+    corpus.write_text("".join(f"{en}\t{es}\tCC-BY\n" for en, es in generate_pairs(600, seed=3)),
+                      encoding="utf-8")
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "translation", "--data", str(corpus), "--minutes", "0.1",
+                     "--epochs", "1", "--vocabulary-size", "300", "--output-dir", str(run_dir),
+                     "--export-dir", str(tmp_path / "saved"), "--decoding", "greedy"]) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert {key: config[key] for key in ("norm_first", "norm", "activation", "ffn_dim")} == {
+        "norm_first": True, "norm": "rms", "activation": "swiglu", "ffn_dim": 344}
+    assert "a cosine over 0.1 minutes" in capsys.readouterr().out
+    # The clock schedule needs a budget to span.
+    with pytest.raises(ValueError, match="--minutes"):
+        cli.main(["train", "translation", "--smoke", "--schedule", "clock",
+                  "--output-dir", str(tmp_path / "r2"), "--export-dir", str(tmp_path / "s2")])
