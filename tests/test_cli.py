@@ -162,6 +162,8 @@ def test_translation_recipe_defaults_on_a_real_corpus(tmp_path, capsys):
     """`--data` gets the current blocks and, with `--minutes`, the clock schedule."""
     import json
 
+    from keras_transformer.recipes import precision
+
     from keras_transformer.data import generate_pairs
 
     corpus = tmp_path / "pairs.tsv"
@@ -172,10 +174,64 @@ def test_translation_recipe_defaults_on_a_real_corpus(tmp_path, capsys):
                      "--epochs", "1", "--vocabulary-size", "300", "--output-dir", str(run_dir),
                      "--export-dir", str(tmp_path / "saved"), "--decoding", "greedy"]) == 0
     config = json.loads((run_dir / "config.json").read_text())
-    assert {key: config[key] for key in ("norm_first", "norm", "activation", "ffn_dim")} == {
-        "norm_first": True, "norm": "rms", "activation": "swiglu", "ffn_dim": 344}
-    assert "a cosine over 0.1 minutes" in capsys.readouterr().out
+    assert {key: config[key] for key in ("norm_first", "norm", "activation", "ffn_dim",
+                                         "dropout")} == {
+        "norm_first": True, "norm": "rms", "activation": "swiglu", "ffn_dim": 344, "dropout": 0.0}
+    out = capsys.readouterr().out
+    assert "a cosine over 0.1 minutes" in out
+    assert f"dtype policy: {precision.resolve('auto')}" in out
     # The clock schedule needs a budget to span.
     with pytest.raises(ValueError, match="--minutes"):
         cli.main(["train", "translation", "--smoke", "--schedule", "clock",
                   "--output-dir", str(tmp_path / "r2"), "--export-dir", str(tmp_path / "s2")])
+
+
+def test_dtype_policy_auto_follows_the_hardware(monkeypatch):
+    from keras_transformer.recipes import precision
+
+    monkeypatch.setattr(precision.tf.config, "list_physical_devices", lambda kind: [])
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2", "amx_bf16", "amx_tile"})
+    assert precision.resolve("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert precision.resolve("auto") == "float32"
+    assert precision.resolve("mixed_float16") == "mixed_float16"
+    with pytest.raises(ValueError, match="'bfloat16'.*mixed_bfloat16"):
+        precision.resolve("bfloat16")
+
+
+def test_dtype_policy_scope_restores_the_former_policy():
+    import keras
+
+    from keras_transformer.recipes import precision
+
+    before = keras.config.dtype_policy().name
+    with precision.dtype_policy("mixed_bfloat16"):
+        layer = keras.layers.Dense(2)
+    assert layer.dtype_policy.name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == before
+
+
+def test_translation_trained_in_bfloat16_is_exported_in_float32(tmp_path, capsys):
+    import keras
+    import tensorflow as tf
+
+    run_dir, saved = tmp_path / "run", tmp_path / "saved"
+    assert cli.main(["train", "translation", "--smoke", "--dtype-policy", "mixed_bfloat16",
+                     "--decoding", "greedy", "--output-dir", str(run_dir),
+                     "--export-dir", str(saved)]) == 0
+    assert "dtype policy: mixed_bfloat16" in capsys.readouterr().out
+    # The training checkpoint computes in bfloat16 ...
+    trained = keras.saving.load_model(run_dir / "best.keras")
+    assert {layer.dtype_policy.name for layer in trained.layers
+            if layer.weights and layer.name != "logits"} == {"mixed_bfloat16"}
+    # ... the served graph has no bfloat16 tensor in it.
+    served = tf.saved_model.load(str(saved / "1")).signatures["serving_default"]
+    graph = served.graph.as_graph_def()
+    assert "DT_BFLOAT16" not in str(graph)
+    assert served(text=tf.constant(["the cat sees the dog"]))["translation"].shape == (1,)
+
+
+def test_learning_rate_is_refused_with_the_warmup_schedule(tmp_path):
+    with pytest.raises(ValueError, match="--learning-rate.*Received: --learning-rate 0.001"):
+        cli.main(["train", "translation", "--smoke", "--learning-rate", "1e-3",
+                  "--output-dir", str(tmp_path / "r"), "--export-dir", str(tmp_path / "s")])

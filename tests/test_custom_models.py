@@ -329,3 +329,29 @@ def test_a_model_implementing_the_protocol_decodes_and_exports(tokenizers, tmp_p
     served = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(TEXTS))
     in_process = translator.translate(tf.constant(TEXTS))
     assert served["translation"].numpy().tolist() == in_process["translation"].numpy().tolist()
+
+
+def test_float32_copy_of_a_user_model_trained_in_bfloat16():
+    """The copy computes in float32 throughout (sublayers included), with the same weights."""
+    from keras_transformer.models import float32_copy
+    from keras_transformer.recipes import precision
+
+    keras.utils.set_random_seed(5)
+    with precision.dtype_policy("mixed_bfloat16"):
+        mixed = user_translation_model(50, 60)
+    copy = float32_copy(mixed)
+    keras.utils.set_random_seed(6)
+    reference = user_translation_model(50, 60)
+    reference.set_weights(mixed.get_weights())
+
+    def policies(model):
+        return {layer.dtype_policy.name for layer in model._flatten_layers()}
+
+    assert "mixed_bfloat16" in policies(mixed) and policies(copy) == {"float32"}
+    rng = np.random.default_rng(0)
+    inputs = [rng.integers(1, 60, (2, 6)), rng.integers(1, 50, (2, 9))]
+    np.testing.assert_array_equal(ops.convert_to_numpy(copy(inputs)),
+                                  ops.convert_to_numpy(reference(inputs)))
+    assert not np.array_equal(ops.convert_to_numpy(mixed(inputs)),
+                              ops.convert_to_numpy(reference(inputs)))
+    assert float32_copy(reference) is reference

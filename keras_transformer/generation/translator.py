@@ -156,7 +156,8 @@ def load_translator(run_dir, **kwargs):
     `run_dir` holds what `keras-transformer train translation` writes:
     `best.keras`, `config.json`, `source_vocabulary/`, `target_vocabulary/`.
     `kwargs` go to `Translator` (`decoding`, `max_length`, ...);
-    `max_length` defaults to the model's.
+    `max_length` defaults to the model's. A checkpoint trained under a
+    mixed-precision policy translates (and exports) as its float32 copy.
     """
     import json
     import os
@@ -164,6 +165,7 @@ def load_translator(run_dir, **kwargs):
     import keras
 
     from keras_transformer.data import tokenizers as tk
+    from keras_transformer.models import float32_copy
 
     missing = [name for name in ("best.keras", "config.json", "source_vocabulary",
                                  "target_vocabulary")
@@ -179,5 +181,6 @@ def load_translator(run_dir, **kwargs):
     except Exception as error:  # zip, h5 and config errors alike
         raise ValueError(f"Could not load the checkpoint {checkpoint!r} (truncated or "
                          f"corrupted?): {type(error).__name__}: {error}") from error
-    return Translator(model, tk.load_tokenizer(os.path.join(run_dir, "source_vocabulary")),
+    return Translator(float32_copy(model),
+                      tk.load_tokenizer(os.path.join(run_dir, "source_vocabulary")),
                       tk.load_tokenizer(os.path.join(run_dir, "target_vocabulary")), **kwargs)

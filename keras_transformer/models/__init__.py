@@ -10,6 +10,7 @@ from keras_transformer.models.cached_decoding import (
 )
 from keras_transformer.models.config import TransformerConfig
 from keras_transformer.models.graph import ModelStructure, read_structure
+from keras_transformer.models.precision import float32_copy
 
 __all__ = [
     "CachedDecoding",
@@ -20,6 +21,7 @@ __all__ = [
     "build_causal_lm",
     "build_transformer",
     "cached_decoder",
+    "float32_copy",
     "is_encoder_decoder",
     "read_structure",
 ]

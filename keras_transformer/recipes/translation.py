@@ -39,8 +39,8 @@ from keras_transformer.data import datasets, generate_pairs, pipelines
 from keras_transformer.data import tokenizers as tk
 from keras_transformer.export import export_saved_model
 from keras_transformer.generation import DecodingConfig, Translator, evaluation, plots
-from keras_transformer.models import TransformerConfig, build_transformer
-from keras_transformer.recipes import model_options
+from keras_transformer.models import TransformerConfig, build_transformer, float32_copy
+from keras_transformer.recipes import model_options, precision
 from keras_transformer.training import (
     AtomicBackupAndRestore,
     AtomicBestCheckpoint,
@@ -103,12 +103,14 @@ MODEL = TransformerConfig(max_length=48, embed_dim=128, num_heads=4, ffn_dim=512
                           num_encoder_layers=2, num_decoder_layers=2, dropout=0.1)
 # On a real corpus (`--data`, `--tfds`) the blocks are a current decoder's:
 # pre-norm RMSNorm and a SwiGLU network 344 wide (about the parameters and
-# FLOPs of the 512-wide ReLU one), and with `--minutes` the learning rate warms
-# up and then follows a cosine over the budget. On spa-eng in 20 minutes this
-# gained over `MODEL` and the warm-up schedule (docs/recipes.md has the
-# figures); on the built-in corpus the paper's blocks already reach its floor.
+# FLOPs of the 512-wide ReLU one), without dropout (in a budget of minutes the
+# model under-fits, and dropout only slows it down); with `--minutes` the
+# learning rate warms up and then follows a cosine over the budget, and the
+# dtype policy is `auto`. On spa-eng in 20 minutes each of these gained over
+# `MODEL` and the warm-up schedule (docs/recipes.md has the figures); on the
+# built-in corpus the paper's blocks already reach its floor.
 REAL_CORPUS_MODEL = dataclasses.replace(MODEL, norm_first=True, norm="rms",
-                                        activation="swiglu", ffn_dim=344)
+                                        activation="swiglu", ffn_dim=344, dropout=0.0)
 # What the exported translator does: beam search of 4, GNMT's length penalty.
 DECODING = DecodingConfig("beam", beam_size=4, length_penalty=0.6)
 
@@ -146,8 +148,11 @@ def add_arguments(parser):
                              "('warmup'), or warm-up then a cosine over the --minutes budget "
                              "('clock'; needs --minutes). Default: clock for --data/--tfds "
                              "with --minutes, warmup otherwise")
-    parser.add_argument("--learning-rate", type=float, default=3e-3,
-                        help="peak learning rate of the clock schedule")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak learning rate of the clock schedule (default: 3e-3; "
+                             "the warm-up schedule sets its own)")
+    precision.add_argument(parser, default=None,
+                           shown="auto for --data/--tfds, float32 for the built-in corpus")
     model_options.add_model_arguments(parser, MODEL)
     DecodingConfig.add_arguments(parser, DECODING)
     return parser
@@ -170,6 +175,13 @@ def run(args):
     if schedule == "clock" and not args.minutes:
         raise ValueError("`--schedule clock` spans the --minutes budget; give --minutes. "
                          f"Received: --minutes {args.minutes}")
+    if schedule == "warmup" and args.learning_rate is not None:
+        raise ValueError("`--learning-rate` is the clock schedule's peak; the warm-up schedule "
+                         "sets its own from the width. Received: --learning-rate "
+                         f"{args.learning_rate:g} with --schedule warmup")
+    learning_rate = 3e-3 if args.learning_rate is None else args.learning_rate
+    policy = precision.resolve(getattr(args, "dtype_policy", None)
+                               or ("auto" if real_corpus else "float32"))
 
     # ## Devices
     #
@@ -235,10 +247,12 @@ def run(args):
     # clock schedule (`WallClockLearningRate`) instead rises over the first
     # 5 % of the budget to `--learning-rate` and falls along a cosine to a
     # tenth of it at the end, wherever the end falls in steps.
-    with strategy.scope():  # variables, optimizer and metrics on every replica
+    # `--dtype-policy` (on a real corpus, `auto`: mixed_bfloat16 where the
+    # hardware multiplies bfloat16 natively) applies to this training model only.
+    with precision.dtype_policy(policy), strategy.scope():  # variables etc. on every replica
         model = build_transformer(config)
         if schedule == "clock":
-            optimizer = keras.optimizers.Adam(args.learning_rate, beta_1=0.9, beta_2=0.98,
+            optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.98,
                                               epsilon=1e-9)
         else:
             optimizer = transformer_optimizer(config.embed_dim, warmup_steps=400, scale=0.7)
@@ -249,9 +263,10 @@ def run(args):
             jit_compile=args.jit_compile,
         )
     model_options.print_summary(model, config, verbose=getattr(args, "verbose", False))
+    print(f"dtype policy: {policy}")
     if schedule == "clock":
         print(f"learning rate: warm-up, then a cosine over {args.minutes:g} minutes "
-              f"(peak {args.learning_rate:g})")
+              f"(peak {learning_rate:g})")
     else:
         print("learning rate: the paper's warm-up (400 steps, peak "
               f"{0.7 * config.embed_dim ** -0.5 * 400 ** -0.5:.2g}) and 1/sqrt(step) decay")
@@ -272,7 +287,7 @@ def run(args):
     if args.minutes:
         callbacks.append(TimeBudget(args.minutes))
     if schedule == "clock":
-        callbacks.append(WallClockLearningRate(args.learning_rate, args.minutes))
+        callbacks.append(WallClockLearningRate(learning_rate, args.minutes))
     started = time.time()
     # The pipeline shuffles itself (`shuffle=False` only tells Keras so).
     history = model.fit(train, validation_data=val, epochs=args.epochs, callbacks=callbacks,
@@ -284,12 +299,12 @@ def run(args):
 
     # ## Translating held-out sentences
     #
-    # The best checkpoint behind a `Translator`: tokenizer → cached search
-    # (beam search of 4 unless the decoding options say otherwise) compiled
-    # with XLA → detokenizer, all TensorFlow graph code. We score held-out
-    # sentences by exact match and BLEU (case-blind: the WordPiece vocabulary
-    # is lowercased).
-    best = keras.saving.load_model(os.path.join(args.output_dir, "best.keras"))
+    # The best checkpoint, in a float32 copy of the model whatever the training
+    # policy, behind a `Translator`: tokenizer → cached search (beam search of
+    # 4 unless the decoding options say otherwise) compiled with XLA →
+    # detokenizer, all TensorFlow graph code. We score held-out sentences by
+    # exact match and BLEU (case-blind: the WordPiece vocabulary is lowercased).
+    best = float32_copy(keras.saving.load_model(os.path.join(args.output_dir, "best.keras")))
     decoding = DecodingConfig.from_args(args)
     translator = Translator(best, source_tokenizer, target_tokenizer, max_length=max_length,
                             decoding=decoding)

@@ -1,0 +1,34 @@
+"""A float32 copy of a model trained under a mixed-precision dtype policy."""
+
+import keras
+
+
+def float32_copy(model):
+    """The same functional model with every layer computing in float32.
+
+    A model built under `mixed_bfloat16` or `mixed_float16` keeps float32
+    variables but computes in 16 bits, and so does a SavedModel exported from
+    it. This clones the model's graph with each layer's `dtype` set to
+    `"float32"` and copies the weights, for evaluation and export that answer
+    the same on any machine. A model that is float32 throughout comes back
+    as it is.
+
+    Args:
+        model: a functional `keras.Model` (one of the builders', or one
+            stacked from the layers).
+
+    Returns:
+        A `keras.Model` with the same weights, computing in float32.
+    """
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def clone(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
