@@ -211,23 +211,28 @@ def test_dtype_policy_scope_restores_the_former_policy():
     assert keras.config.dtype_policy().name == before
 
 
-def test_translation_trained_in_bfloat16_is_exported_in_float32(tmp_path, capsys):
+@pytest.mark.parametrize("policy, dtype", [("mixed_bfloat16", "DT_BFLOAT16"),
+                                           ("mixed_float16", "DT_HALF")])
+def test_translation_trained_in_16_bits_is_exported_in_float32(policy, dtype, tmp_path, capsys):
+    """Either mixed policy trains in 16 bits and serves a float32 graph."""
     import keras
     import tensorflow as tf
 
     run_dir, saved = tmp_path / "run", tmp_path / "saved"
-    assert cli.main(["train", "translation", "--smoke", "--dtype-policy", "mixed_bfloat16",
+    assert cli.main(["train", "translation", "--smoke", "--dtype-policy", policy,
                      "--decoding", "greedy", "--output-dir", str(run_dir),
                      "--export-dir", str(saved)]) == 0
-    assert "dtype policy: mixed_bfloat16" in capsys.readouterr().out
-    # The training checkpoint computes in bfloat16 ...
+    # float16 trains with loss scaling (Keras's `compile` wraps the optimizer).
+    scaling = " (dynamic loss scaling)" if policy == "mixed_float16" else ""
+    assert f"dtype policy: {policy}{scaling}\n" in capsys.readouterr().out
+    # The training checkpoint computes in 16 bits ...
     trained = keras.saving.load_model(run_dir / "best.keras")
     assert {layer.dtype_policy.name for layer in trained.layers
-            if layer.weights and layer.name != "logits"} == {"mixed_bfloat16"}
-    # ... the served graph has no bfloat16 tensor in it.
+            if layer.weights and layer.name != "logits"} == {policy}
+    # ... the served graph has no 16-bit tensor in it.
     served = tf.saved_model.load(str(saved / "1")).signatures["serving_default"]
     graph = served.graph.as_graph_def()
-    assert "DT_BFLOAT16" not in str(graph)
+    assert dtype not in str(graph)
     assert served(text=tf.constant(["the cat sees the dog"]))["translation"].shape == (1,)
 
 

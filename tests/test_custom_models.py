@@ -355,3 +355,39 @@ def test_float32_copy_of_a_user_model_trained_in_bfloat16():
     assert not np.array_equal(ops.convert_to_numpy(mixed(inputs)),
                               ops.convert_to_numpy(reference(inputs)))
     assert float32_copy(reference) is reference
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class Wrapped(keras.layers.Layer):
+    """A user layer whose sublayer takes the global policy at construction."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.inner = keras.layers.Dense(units)
+
+    def call(self, inputs):
+        return ops.tanh(self.inner(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_float32_copy_looks_into_a_float32_layer_with_a_bfloat16_sublayer():
+    """A float32 top-level layer does not hide the bfloat16 sublayer inside it."""
+    from keras_transformer.models import float32_copy
+    from keras_transformer.models.precision import dtype_policy
+
+    keras.utils.set_random_seed(7)
+    with dtype_policy("mixed_bfloat16"):
+        inputs = keras.Input((5,))
+        mixed = keras.Model(inputs, Wrapped(3, dtype="float32")(inputs))
+    wrapper = mixed.layers[-1]
+    assert (wrapper.dtype_policy.name, wrapper.inner.dtype_policy.name) == (
+        "float32", "mixed_bfloat16")
+    copy = float32_copy(mixed)
+    assert copy is not mixed
+    assert {layer.dtype_policy.name for layer in copy._flatten_layers()} == {"float32"}
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    expected = np.tanh(x @ mixed.get_weights()[0] + mixed.get_weights()[1])
+    np.testing.assert_allclose(ops.convert_to_numpy(copy(x)), expected, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,25 @@
-"""A float32 copy of a model trained under a mixed-precision dtype policy."""
+"""Mixed precision: a scope that builds layers under a dtype policy, and the
+float32 copy of a model trained under one."""
+
+import contextlib
 
 import keras
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Layers built inside take the Keras dtype policy `name`; the former one comes back after.
+
+    Args:
+        name: a Keras dtype policy name (`"float32"`, `"mixed_bfloat16"`,
+            `"mixed_float16"`, ...).
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def float32_copy(model):
@@ -11,7 +30,8 @@ def float32_copy(model):
     it. This clones the model's graph with each layer's `dtype` set to
     `"float32"` and copies the weights, for evaluation and export that answer
     the same on any machine. A model that is float32 throughout comes back
-    as it is.
+    as it is (sublayers included: a float32 layer that holds a mixed-precision
+    sublayer is copied too).
 
     Args:
         model: a functional `keras.Model` (one of the builders', or one
@@ -20,7 +40,8 @@ def float32_copy(model):
     Returns:
         A `keras.Model` with the same weights, computing in float32.
     """
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+    if all(layer.dtype_policy.name == "float32"
+           for layer in model._flatten_layers(include_self=False)):
         return model
 
     def clone(layer):

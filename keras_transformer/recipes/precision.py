@@ -8,10 +8,9 @@ copy of the trained weights, so that a SavedModel computes the same on any
 machine.
 """
 
-import contextlib
-
-import keras
 import tensorflow as tf
+
+from keras_transformer.models.precision import dtype_policy  # noqa: F401 (the recipes' scope)
 
 POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
@@ -64,14 +63,3 @@ def _cpu_flags():
     except OSError:
         pass
     return set()
-
-
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Layers built inside take the Keras policy `name`; the former one comes back after."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)

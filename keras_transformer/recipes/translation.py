@@ -263,7 +263,9 @@ def run(args):
             jit_compile=args.jit_compile,
         )
     model_options.print_summary(model, config, verbose=getattr(args, "verbose", False))
-    print(f"dtype policy: {policy}")
+    # Under mixed_float16, `compile` wraps the optimizer for loss scaling.
+    scaling = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    print(f"dtype policy: {policy}" + (" (dynamic loss scaling)" if scaling else ""))
     if schedule == "clock":
         print(f"learning rate: warm-up, then a cosine over {args.minutes:g} minutes "
               f"(peak {learning_rate:g})")
@@ -313,7 +315,10 @@ def run(args):
     references = [spanish for _, spanish in sample]
     accuracy = float(np.mean([h == r.lower() for h, r in zip(hypotheses, references)]))
     quality = evaluation.score(hypotheses, references, lowercase=True)
-    print(f"\nTrained for {seconds:.0f} s; validation loss {min(history.history['val_loss']):.3f}")
+    # The step count comes from the optimizer: Keras's own `ms/step` for an
+    # epoch that `TimeBudget` cut short divides by the full epoch's steps.
+    print(f"\nTrained for {seconds:.0f} s ({int(model.optimizer.iterations.numpy()):,} steps); "
+          f"validation loss {min(history.history['val_loss']):.3f}")
     print(f"On {len(sample)} held-out sentences ({describe(decoding)}): exact match "
           f"{accuracy:.1%}, BLEU {quality['bleu']:.1f}, chrF {quality['chrf']:.1f}\n")
     for (english, spanish), hypothesis in list(zip(sample, hypotheses))[:6]:
