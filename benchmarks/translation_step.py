@@ -1,4 +1,4 @@
-"""Times the translation recipe's training step under its dropout and dtype-policy choices.
+"""Times the translation recipe's training step under its dropout, dtype-policy and EMA choices.
 
 The recipe's own pipeline (WordPiece vocabularies of 2,000, length buckets of
 about 2,048 tokens a batch, cached) feeds the recipe's real-corpus model
@@ -6,7 +6,9 @@ about 2,048 tokens a batch, cached) feeds the recipe's real-corpus model
 
 - float32, dropout 0.1 (the real-corpus default before dropout was dropped);
 - float32, dropout 0;
-- mixed_bfloat16, dropout 0 (what `--dtype-policy auto` picks on a CPU with AMX).
+- mixed_bfloat16, dropout 0 (what `--dtype-policy auto` picks on a CPU with AMX);
+- the same with the moving average of the weights (`--ema 0.999`, Keras's
+  `use_ema`: the optimizer updates a copy of every weight each step).
 
 Each configuration runs `model.fit` over one pass of the batches to trace and
 warm up, then the rounds alternate between configurations, one timed pass
@@ -30,7 +32,8 @@ from keras_transformer.models import build_transformer
 from keras_transformer.recipes import precision, translation
 from keras_transformer.training import MaskedSparseCategoricalCrossentropy
 
-CONFIGURATIONS = (("float32", 0.1), ("float32", 0.0), ("mixed_bfloat16", 0.0))
+CONFIGURATIONS = (("float32", 0.1, 0.0), ("float32", 0.0, 0.0), ("mixed_bfloat16", 0.0, 0.0),
+                  ("mixed_bfloat16", 0.0, 0.999))
 
 
 def main(argv=None):
@@ -55,17 +58,18 @@ def main(argv=None):
           f"{precision.resolve('auto')} on this machine")
 
     models = {}
-    for policy, dropout in CONFIGURATIONS:
+    for policy, dropout, ema in CONFIGURATIONS:
         config = dataclasses.replace(
             translation.REAL_CORPUS_MODEL, dropout=dropout,
             vocab_size=target.vocabulary_size(), source_vocab_size=source.vocabulary_size())
         keras.utils.set_random_seed(0)
         with precision.dtype_policy(policy):
             model = build_transformer(config)
-            model.compile(keras.optimizers.Adam(1e-3),
+            averaging = dict(use_ema=True, ema_momentum=ema) if ema else {}
+            model.compile(keras.optimizers.Adam(1e-3, **averaging),
                           loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1))
         model.fit(batches, epochs=1, verbose=0)  # tracing, and the cache filled
-        models[policy, dropout] = model
+        models[policy, dropout, ema] = model
 
     best = {key: float("inf") for key in models}
     for _ in range(args.rounds):
@@ -75,10 +79,11 @@ def main(argv=None):
             best[key] = min(best[key], (time.perf_counter() - started) / steps)
 
     baseline = best[CONFIGURATIONS[0]]
-    print("\n| dtype policy | dropout | ms a step | speed-up |")
-    print("|---|---|---|---|")
-    for (policy, dropout), seconds in best.items():
-        print(f"| {policy} | {dropout:g} | {seconds * 1e3:.1f} | {baseline / seconds:.2f}× |")
+    print("\n| dtype policy | dropout | EMA | ms a step | speed-up |")
+    print("|---|---|---|---|---|")
+    for (policy, dropout, ema), seconds in best.items():
+        print(f"| {policy} | {dropout:g} | {ema:g} | {seconds * 1e3:.1f} | "
+              f"{baseline / seconds:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,8 @@ def test_the_command_prints_no_tensorflow_start_up_noise(tmp_path):
 
 
 def test_translation_recipe_defaults_on_a_real_corpus(tmp_path, capsys):
-    """`--data` gets the current blocks and, with `--minutes`, the clock schedule."""
+    """`--data` gets the current blocks, the moving average and, with `--minutes`, the clock
+    schedule."""
     import json
 
     from keras_transformer.recipes import precision
@@ -180,6 +181,11 @@ def test_translation_recipe_defaults_on_a_real_corpus(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "a cosine over 0.1 minutes" in out
     assert f"dtype policy: {precision.resolve('auto')}" in out
+    assert "moving average (momentum 0.999" in out
+    # The moving average's momentum is in [0, 1).
+    with pytest.raises(ValueError, match=r"--ema.*\[0, 1\).*Received: --ema 1"):
+        cli.main(["train", "translation", "--smoke", "--ema", "1",
+                  "--output-dir", str(tmp_path / "r1"), "--export-dir", str(tmp_path / "s1")])
     # The clock schedule needs a budget to span.
     with pytest.raises(ValueError, match="--minutes"):
         cli.main(["train", "translation", "--smoke", "--schedule", "clock",

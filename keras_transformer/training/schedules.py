@@ -42,11 +42,16 @@ class TransformerSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "scale": self.scale}
 
 
-def transformer_optimizer(embed_dim, warmup_steps=4000, scale=1.0):
-    """Adam with β₁=0.9, β₂=0.98, ε=1e-9 and the warm-up schedule (the paper's)."""
+def transformer_optimizer(embed_dim, warmup_steps=4000, scale=1.0, **kwargs):
+    """Adam with β₁=0.9, β₂=0.98, ε=1e-9 and the warm-up schedule (the paper's).
+
+    Other keyword arguments go to `keras.optimizers.Adam` (for example
+    `use_ema=True, ema_momentum=0.999`).
+    """
     return keras.optimizers.Adam(
         learning_rate=TransformerSchedule(embed_dim, warmup_steps, scale),
         beta_1=0.9,
         beta_2=0.98,
         epsilon=1e-9,
+        **kwargs,
     )
