@@ -15,9 +15,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_transformer.data.special_tokens import START_ID
-from keras_transformer.generation.decoding import DecodingConfig
-from keras_transformer.generation.steppers import Stepper, model_variables
+from keras_transformer.generation.core import SearchCore
+from keras_transformer.generation.steppers import model_variables
 
 
 class IdDecoder:
@@ -47,21 +46,24 @@ class IdDecoder:
 
     def __init__(self, model, max_length, decoding=None, compile=True):
         self.model = model
-        self.stepper = Stepper(model)
-        self.max_length = int(max_length)
-        self.decoding = decoding or DecodingConfig()
+        self.core = SearchCore(model, max_length, decoding)
         self.compile = compile
         self._compiled = None
 
+    @property
+    def stepper(self):
+        return self.core.stepper
+
+    @property
+    def max_length(self):
+        return self.core.max_length
+
+    @property
+    def decoding(self):
+        return self.core.decoding
+
     def _search(self, inputs, prompt_lengths, seed):
-        stepper = self.stepper
-        if stepper.is_encoder_decoder:
-            state = stepper.initial_state(inputs, self.max_length)
-            first = ops.full((ops.shape(inputs)[0],), START_ID, "int32")
-            return self.decoding.search(stepper, state, first, self.max_length, seed=seed)
-        state = stepper.initial_state(ops.shape(inputs)[0], self.max_length)
-        return self.decoding.search(stepper, state, inputs[:, 0], self.max_length,
-                                    forced_ids=inputs, forced_lengths=prompt_lengths, seed=seed)
+        return self.core.search(inputs, prompt_lengths, seed)
 
     def _build(self):
         backend = keras.backend.backend()
@@ -84,7 +86,7 @@ class IdDecoder:
 
     def __call__(self, inputs, prompt_lengths=None, seed=None):
         inputs = np.asarray(inputs, "int32")
-        if self.stepper.is_encoder_decoder:
+        if self.core.is_encoder_decoder:
             if prompt_lengths is not None:
                 raise ValueError("`prompt_lengths` is for decoder-only models; this model "
                                  "has an encoder.")

@@ -4,7 +4,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer._optional import require
-from keras_transformer.data.special_tokens import END_ID, START_ID
 
 
 def _pyplot():
@@ -27,17 +26,8 @@ def cross_attention(translator, text, block=-1):
     """
     source_ids = translator.tokenize(tf.constant([text]))
     length = int(tf.math.count_nonzero(source_ids))
-    stepper = translator.stepper
-    state = stepper.initial_state(source_ids, translator.max_length)
-    token = tf.constant([START_ID])
-    generated, rows = [], []
-    for index in range(translator.max_length):
-        logits, state, attention = stepper.step_with_attention(token, index, state)
-        token = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        generated.append(int(token[0]))
-        rows.append(attention[block][0, :, :length].numpy())  # [N, S]
-        if generated[-1] == END_ID:
-            break
+    generated, steps = translator._core.greedy_with_attention(source_ids)
+    rows = [blocks[block][:, :length] for blocks in steps]  # [N, S] each
     weights = np.stack(rows, axis=1)  # [N, T, S]
     source = [translator.source_tokenizer.id_to_token(int(i)) for i in source_ids[0, :length]]
     output = [translator.target_tokenizer.id_to_token(i) for i in generated]

@@ -20,7 +20,11 @@ The stepper only calls the model's `encode`, `initial_cache` and
 import keras
 from keras import ops
 
-from keras_transformer.models.cached_decoding import cached_decoder, is_encoder_decoder
+from keras_transformer.models.cached_decoding import (
+    cached_decoder,
+    decoding_traits,
+    is_encoder_decoder,
+)
 
 
 def model_variables(model):
@@ -44,6 +48,7 @@ class Stepper:
         self.decoder = cached_decoder(model)
         self.max_length = getattr(self.decoder, "max_length", None)
         self.is_encoder_decoder = is_encoder_decoder(self.decoder)
+        self.traits = decoding_traits(self.decoder)
 
     def initial_state(self, inputs, max_length):
         """The cache for `inputs`: source ids `(B, S)` for an encoder–decoder
@@ -74,8 +79,20 @@ class Stepper:
         return keras.tree.map_structure(lambda t: ops.repeat(t, k, axis=0), state)
 
     def gather(self, state, indices):
-        """The rows `indices` `(B·k,)` of every state tensor (beams that survive)."""
-        return keras.tree.map_structure(lambda t: ops.take(t, indices, axis=0), state)
+        """The rows `indices` `(B·k,)` of every state tensor (beams that survive).
+
+        `indices` stay within each sentence's beams, so the entries the
+        model's `DecodingTraits.static_cache_keys` names (the source's,
+        equal across a sentence's beams) are kept as they are.
+        """
+        def take(tree):
+            return keras.tree.map_structure(lambda t: ops.take(t, indices, axis=0), tree)
+
+        static = self.traits.static_cache_keys
+        if static and isinstance(state, dict):
+            return {key: value if key in static else take(value)
+                    for key, value in state.items()}
+        return take(state)
 
 
 class EncoderDecoderStepper(Stepper):

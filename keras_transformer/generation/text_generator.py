@@ -17,8 +17,10 @@ tokens (documented truncation); an empty prompt is refused with a clear
 
 import tensorflow as tf
 
+from keras_transformer.generation.core import SearchCore
 from keras_transformer.generation.decoding import DecodingConfig
-from keras_transformer.generation.steppers import CausalLMStepper, model_variables
+from keras_transformer.generation.steppers import model_variables
+from keras_transformer.models.cached_decoding import cached_decoder
 
 
 class TextGenerator(tf.Module):
@@ -57,18 +59,33 @@ class TextGenerator(tf.Module):
         object.__setattr__(self, "model", model)
         self._model_variables = model_variables(model)
         self.tokenizer = tokenizer
-        self.stepper = CausalLMStepper(model)
-        limit = self.stepper.max_length
-        if max_length < 2 or (limit is not None and max_length > limit):
-            raise ValueError(f"`max_length` must be in [2, {limit}] (the model's length). "
-                             f"Received: {max_length}")
-        self.max_length = int(max_length)
         if decoding is None:
             decoding = DecodingConfig.from_legacy(
                 temperature=1.0 if temperature is None else temperature, top_k=top_k,
                 top_p=top_p)
-        self.decoding = decoding
+        limit = getattr(cached_decoder(model), "max_length", None)
+        if max_length < 2 or (limit is not None and max_length > limit):
+            raise ValueError(f"`max_length` must be in [2, {limit}] (the model's length). "
+                             f"Received: {max_length}")
+        self.max_length = int(max_length)
+        # The prompt's first token is position 0; the search fills the rest.
+        self._core = SearchCore(model, self.max_length - 1, decoding, kind="causal_lm")
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
+
+    def _search_ids(self, prompt_ids, lengths, seed):
+        # A method of the module (not the core's bound method), so that the
+        # compiled function keeps the module alive while it runs.
+        return self._core.search(prompt_ids, lengths, seed)
+
+    @property
+    def decoding(self):
+        """The `DecodingConfig` of the search."""
+        return self._core.decoding
+
+    @property
+    def stepper(self):
+        """The model's `CausalLMStepper`."""
+        return self._core.stepper
 
     @property
     def temperature(self):
@@ -81,12 +98,6 @@ class TextGenerator(tf.Module):
     @property
     def top_p(self):
         return self.decoding.top_p
-
-    def _search_ids(self, prompt_ids, lengths, seed):
-        batch = tf.shape(prompt_ids)[0]
-        state = self.stepper.initial_state(batch, self.max_length)
-        return self.decoding.search(self.stepper, state, prompt_ids[:, 0], self.max_length - 1,
-                                    forced_ids=prompt_ids, forced_lengths=lengths, seed=seed)
 
     def _tokenize(self, prompt):
         ids = self.tokenizer(prompt)

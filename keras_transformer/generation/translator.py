@@ -9,17 +9,19 @@ tensorflow-text ops, and the search is one XLA-compiled `tf.while_loop`.
     translator.translate(tf.constant(["Where is the child?"]))["translation"]
 
 Inputs longer than `max_length` tokens are truncated to `max_length`
-(documented, never an error); an empty string translates to whatever the
-model makes of an empty source; bytes that are not UTF-8 are replaced by
-U+FFFD; an empty batch gives empty outputs.
+(documented, never an error); an empty or whitespace-only string (no source
+token) translates to the empty string, with no token ids and a score of 0;
+bytes that are not UTF-8 are replaced by U+FFFD; an empty batch gives empty
+outputs.
 """
 
 import tensorflow as tf
 
 from keras_transformer._optional import require
-from keras_transformer.data.special_tokens import END_ID, RESERVED_TOKENS, START_ID
+from keras_transformer.data.special_tokens import END_ID, RESERVED_TOKENS
+from keras_transformer.generation.core import SearchCore
 from keras_transformer.generation.decoding import DecodingConfig
-from keras_transformer.generation.steppers import EncoderDecoderStepper, model_variables
+from keras_transformer.generation.steppers import model_variables
 
 # "¿ dónde está ?" → "¿dónde está?" (the WordPiece detokenizer puts spaces
 # around punctuation; tokenizers.decode does the same in Python).
@@ -47,8 +49,14 @@ class Translator(tf.Module):
         source_tokenizer, target_tokenizer: keras-hub tokenizers (WordPiece
             or byte-level BPE, from `keras_transformer.data.tokenizers`).
         max_length: int, source tokens kept (longer inputs are truncated)
-            and target tokens generated at most. Sources are padded to it,
-            so XLA compiles the search once per batch size.
+            and target tokens generated at most.
+        source_length_bucket: int or None. A batch's sources are padded to
+            its longest, rounded up to a multiple of this (at most
+            `max_length`), so that the encoder and the cross-attention work
+            on the tokens there are, and XLA compiles the search once per
+            batch size and padded width (`max_length / source_length_bucket`
+            widths at most). None: every batch is padded to `max_length`
+            (one compilation per batch size).
         decoding: a `DecodingConfig` (greedy, beam search or sampling);
             default greedy.
         beam_size, alpha: the older way to ask for beam search (`beam_size
@@ -64,7 +72,7 @@ class Translator(tf.Module):
 
     def __init__(self, model, source_tokenizer, target_tokenizer, *, max_length,
                  decoding=None, beam_size=None, alpha=None, jit_compile=True,
-                 name="translator"):
+                 source_length_bucket=8, name="translator"):
         super().__init__(name=name)
         if max_length < 1:
             raise ValueError(f"`max_length` must be >= 1. Received: {max_length}")
@@ -80,11 +88,30 @@ class Translator(tf.Module):
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
         self.max_length = int(max_length)
-        self.decoding = decoding or DecodingConfig.from_legacy(beam_size=beam_size, alpha=alpha)
-        self.stepper = EncoderDecoderStepper(model)
+        if source_length_bucket is not None and source_length_bucket < 1:
+            raise ValueError("`source_length_bucket` must be None or >= 1. Received: "
+                             f"{source_length_bucket}")
+        self.source_length_bucket = source_length_bucket
+        decoding = decoding or DecodingConfig.from_legacy(beam_size=beam_size, alpha=alpha)
+        self._core = SearchCore(model, max_length, decoding, kind="encoder_decoder")
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
         keras_hub = require("keras_hub", "data", "Translator's tokenizers")
         self._is_wordpiece = isinstance(target_tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
+
+    def _search_ids(self, source_ids):
+        # A method of the module (not the core's bound method), so that the
+        # compiled function keeps the module alive while it runs.
+        return self._core.search(source_ids)
+
+    @property
+    def decoding(self):
+        """The `DecodingConfig` of the search."""
+        return self._core.decoding
+
+    @property
+    def stepper(self):
+        """The model's `EncoderDecoderStepper`."""
+        return self._core.stepper
 
     @property
     def beam_size(self):
@@ -94,11 +121,6 @@ class Translator(tf.Module):
     @property
     def alpha(self):
         return self.decoding.length_penalty
-
-    def _search_ids(self, source_ids):
-        state = self.stepper.initial_state(source_ids, self.max_length)
-        first = tf.fill([tf.shape(source_ids)[0]], START_ID)
-        return self.decoding.search(self.stepper, state, first, self.max_length)
 
     def tokenize(self, text):
         """`(B,)` strings → `(B, max_length)` int32 source ids (truncated, 0-padded).
@@ -140,8 +162,21 @@ class Translator(tf.Module):
             f"source_ids must be < the source vocabulary size {vocabulary}"))
         source_ids = source_ids[:, : self.max_length]
         width = tf.shape(source_ids)[1]
-        source_ids = tf.pad(source_ids, [[0, 0], [0, self.max_length - width]])
+        padded = self.max_length
+        if self.source_length_bucket is not None:
+            bucket = self.source_length_bucket
+            # One past the last real token of any row: only padding is cut.
+            ends = tf.where(source_ids != 0, tf.range(1, width + 1)[None], 0)
+            longest = tf.maximum(tf.reduce_max(ends), 1)  # 1 for an empty batch
+            padded = tf.minimum(-(-longest // bucket) * bucket, self.max_length)
+            source_ids = source_ids[:, :padded]
+            width = tf.shape(source_ids)[1]
+        source_ids = tf.pad(source_ids, [[0, 0], [0, padded - width]])
         token_ids, scores = self._search(source_ids)
+        # A source with no token translates to nothing (not to a made-up sentence).
+        empty = tf.reduce_all(tf.equal(source_ids, 0), axis=1)
+        token_ids = tf.where(empty[:, None], tf.zeros_like(token_ids), token_ids)
+        scores = tf.where(empty, tf.zeros_like(scores), scores)
         return {"token_ids": token_ids, "scores": scores}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])

@@ -4,8 +4,10 @@ assembled from the layers."""
 from keras_transformer.models.builders import TransformerModel, build_causal_lm, build_transformer
 from keras_transformer.models.cached_decoding import (
     CachedDecoding,
+    DecodingTraits,
     StructuredDecoder,
     cached_decoder,
+    decoding_traits,
     is_encoder_decoder,
 )
 from keras_transformer.models.config import TransformerConfig
@@ -14,6 +16,7 @@ from keras_transformer.models.precision import float32_copy
 
 __all__ = [
     "CachedDecoding",
+    "DecodingTraits",
     "ModelStructure",
     "StructuredDecoder",
     "TransformerConfig",
@@ -21,6 +24,7 @@ __all__ = [
     "build_causal_lm",
     "build_transformer",
     "cached_decoder",
+    "decoding_traits",
     "float32_copy",
     "is_encoder_decoder",
     "read_structure",

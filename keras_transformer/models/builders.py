@@ -42,6 +42,10 @@ class TransformerModel(keras.Model):
     def max_length(self):
         return self._decoder().max_length
 
+    def decoding_traits(self):
+        """What the searches may assume (`cached_decoding.DecodingTraits`)."""
+        return self._decoder().decoding_traits()
+
     def encode(self, source_ids):
         """`(B, S)` source ids → `{"memory": (B, S, D), "source_mask": (B, S)}`."""
         return self._decoder().encode(source_ids)

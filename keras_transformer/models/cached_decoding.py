@@ -19,6 +19,15 @@ Optional attributes: `max_length` (the most positions the model accepts),
 `source_vocab_size` (checked against the ids a served model receives) and
 `is_encoder_decoder` (otherwise: whether `encode` exists).
 
+Optional method, the protocol's extension point: `decoding_traits()` → a
+`DecodingTraits`, which tells the searches what they may assume about the
+model beyond the three methods (today: which cache entries come from the
+source alone, so beam search never reorders them). A model without it gets
+`DecodingTraits()`, whose every field keeps the searches' general behaviour;
+fields added later (a per-row position `index` `(B,)`, special-token ids
+that belong to the model) default the same way, so a model written against
+today's protocol keeps decoding unchanged.
+
 Every functional model assembled from the package's layers has these
 without writing them: `cached_decoder(model)` reads its structure
 (`keras_transformer.models.graph`) and returns a `StructuredDecoder`, the one
@@ -27,6 +36,7 @@ return `TransformerModel`s, which carry the three methods themselves. A
 model with a shape of its own implements them (see the README).
 """
 
+import dataclasses
 import typing
 
 import keras
@@ -42,6 +52,35 @@ class CachedDecoding(typing.Protocol):
     def initial_cache(self, batch_size, max_length, encoded=None): ...
 
     def call_with_cache(self, token_ids, cache, index): ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingTraits:
+    """What a cached-decoding model lets the searches assume (all optional).
+
+    Args:
+        static_cache_keys: top-level keys of a dict cache whose tensors come
+            from the source alone: written by `initial_cache`, returned
+            unchanged by `call_with_cache`, and therefore equal for every
+            beam of a sentence. Beam search repeats them once and never
+            gathers them again (for an encoder–decoder, the cross-attention
+            keys/values are as large as the self-attention cache). Empty:
+            every cache tensor is reordered with its beams.
+    """
+
+    static_cache_keys: tuple = ()
+
+
+def decoding_traits(decoder):
+    """`decoder.decoding_traits()`, or the defaults for a model without it."""
+    method = getattr(decoder, "decoding_traits", None)
+    traits = method() if callable(method) else None
+    if traits is None:
+        return DecodingTraits()
+    if not isinstance(traits, DecodingTraits):
+        raise TypeError(f"`decoding_traits()` must return a DecodingTraits. Received: "
+                        f"{type(traits).__name__}")
+    return traits
 
 
 def is_encoder_decoder(decoder):
@@ -95,6 +134,12 @@ class StructuredDecoder:
     @property
     def is_encoder_decoder(self):
         return self.structure.encoder is not None
+
+    def decoding_traits(self):
+        """The cross-attention keys/values and the source mask are the source's."""
+        if self.is_encoder_decoder:
+            return DecodingTraits(static_cache_keys=("cross", "source_mask"))
+        return DecodingTraits()
 
     def encode(self, source_ids):
         """`(B, S)` ids → `{"memory": (B, S, D), "source_mask": (B, S) bool}`."""

@@ -1,0 +1,100 @@
+"""The one search core that every front door wraps.
+
+`IdDecoder` (ids, every backend), `Translator` and `TextGenerator` (text,
+TensorFlow, exported as SavedModels) and the attention pictures all decode
+through a `SearchCore`: it makes the model's stepper, checks the length
+against the model's once, builds the initial cache (running the encoder for
+an encoder–decoder) and runs the configured search of
+`keras_transformer.generation.search`. What differs between the front doors
+is only what comes in and goes out (ids or strings, compiled how).
+
+    core = SearchCore(model, max_length=40, decoding=DecodingConfig("beam"))
+    ids, scores = core.search(source_ids)                    # encoder–decoder
+    ids, scores = core.search(prompt_ids, prompt_lengths)    # decoder-only
+"""
+
+from keras import ops
+
+from keras_transformer.data.special_tokens import END_ID, START_ID
+from keras_transformer.generation.decoding import DecodingConfig
+from keras_transformer.generation.steppers import CausalLMStepper, EncoderDecoderStepper, Stepper
+
+_STEPPERS = {None: Stepper, "encoder_decoder": EncoderDecoderStepper,
+             "causal_lm": CausalLMStepper}
+
+
+class SearchCore:
+    """A model's cached search, configured once.
+
+    Args:
+        model: a model with the cached-decoding protocol (any model stacked
+            from the package's layers, or one implementing
+            `keras_transformer.models.cached_decoding`).
+        max_length: int ≥ 1, the positions filled after position 0 (the
+            `[START]` token or a prompt's first token); at most the model's
+            `max_length`, when it has one (the decoder is fed positions
+            `0 … max_length - 1`).
+        decoding: a `DecodingConfig` (default: greedy).
+        kind: None (either), `"encoder_decoder"` or `"causal_lm"`: the kind
+            of model the caller needs (another kind is a `ValueError`).
+    """
+
+    def __init__(self, model, max_length, decoding=None, *, kind=None):
+        if kind not in _STEPPERS:
+            raise ValueError(f"`kind` must be one of {sorted(map(str, _STEPPERS))}. "
+                             f"Received: {kind!r}")
+        self.stepper = _STEPPERS[kind](model)
+        self.max_length = int(max_length)
+        limit = self.stepper.max_length
+        if self.max_length < 1 or (limit is not None and self.max_length > limit):
+            raise ValueError(
+                f"`max_length` must be in [1, {limit}] (the positions the model accepts): "
+                f"the decoder is fed positions 0 … max_length - 1. Received: {max_length}")
+        self.decoding = decoding or DecodingConfig()
+
+    @property
+    def is_encoder_decoder(self):
+        return self.stepper.is_encoder_decoder
+
+    def search(self, inputs, prompt_lengths=None, seed=None):
+        """`(ids (B, max_length), scores (B,))` for a batch.
+
+        Args:
+            inputs: encoder–decoder: source ids `(B, S)` int, 0 = padding.
+                Decoder-only: prompts `(B, P)` int, position 0 first.
+            prompt_lengths: decoder-only: `(B,)` int prompt lengths (≥ 1).
+            seed: scalar sampling seed, or None for the config's.
+        """
+        stepper = self.stepper
+        if stepper.is_encoder_decoder:
+            state = stepper.initial_state(inputs, self.max_length)
+            first = ops.full((ops.shape(inputs)[0],), START_ID, "int32")
+            return self.decoding.search(stepper, state, first, self.max_length, seed=seed)
+        state = stepper.initial_state(ops.shape(inputs)[0], self.max_length)
+        return self.decoding.search(stepper, state, inputs[:, 0], self.max_length,
+                                    forced_ids=inputs, forced_lengths=prompt_lengths,
+                                    seed=seed)
+
+    def greedy_with_attention(self, source_ids):
+        """Greedy decoding of one source, eagerly, with the cross-attention.
+
+        Args:
+            source_ids: `(1, S)` int source ids.
+
+        Returns:
+            `(tokens, attention)`: the generated ids up to and including
+            `[END]`, and per step a list (one entry per decoder block) of
+            `(N, S)` cross-attention probabilities.
+        """
+        stepper = self.stepper
+        state = stepper.initial_state(source_ids, self.max_length)
+        token = ops.convert_to_tensor([START_ID], "int32")
+        tokens, attention = [], []
+        for index in range(self.max_length):
+            logits, state, scores = stepper.step_with_attention(token, index, state)
+            token = ops.cast(ops.argmax(logits, axis=-1), "int32")
+            tokens.append(int(ops.convert_to_numpy(token)[0]))
+            attention.append([ops.convert_to_numpy(block[0]) for block in scores])
+            if tokens[-1] == END_ID:
+                break
+        return tokens, attention
