@@ -64,10 +64,17 @@ def _cpu():
 # Each runs in its own process: `setup()` loads, `run(batches)` decodes a list
 # of batches and returns the outputs (token lists), timed by the caller.
 
+def _use_code(code):
+    """Import `keras_transformer` from the checkout `code` (a before/after run)."""
+    if code:
+        sys.path.insert(0, os.path.abspath(code))
+
+
 def _configure_tensorflow(threads, workers):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")  # retracing notes: each new shape compiles once
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(max(2, workers))
     return tf
@@ -108,11 +115,12 @@ class SavedModelEngine:
 
 
 class IdDecoderEngine:
-    def __init__(self, run_dir, strategy, workers, threads):
+    def __init__(self, run_dir, strategy, workers, threads, code=None):
         self.run_dir, self.strategy = run_dir, strategy
-        self.workers, self.threads = workers, threads
+        self.workers, self.threads, self.code = workers, threads, code
 
     def setup(self):
+        _use_code(self.code)
         _configure_tensorflow(self.threads, self.workers)
         from keras_transformer.generation import DecodingConfig, IdDecoder
         from keras_transformer.generation.translator import load_translator
@@ -249,26 +257,51 @@ def _batches(english, ids, tokens, size):
     return batches
 
 
-def _export(args, workdir, max_length):
-    """SavedModels (greedy, beam 4) and CTranslate2 directories (float32, int8)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from keras_transformer.data import tokenizers as tk
+def _saved_models(run, workdir):
+    """The run's SavedModels, exported for greedy and for beam 4."""
     from keras_transformer.export import export_saved_model
-    from keras_transformer.export.ctranslate2 import to_ctranslate2
     from keras_transformer.generation import DecodingConfig
     from keras_transformer.generation.translator import load_translator
 
     paths = {}
     for name, decoding in ((GREEDY, DecodingConfig()),
                            (BEAM, DecodingConfig("beam", beam_size=4))):
-        translator = load_translator(args.run, decoding=decoding)
+        translator = load_translator(run, decoding=decoding)
         paths[f"savedmodel-{name}"] = export_saved_model(
             translator, os.path.join(workdir, f"saved_{name}"))
+    return paths, translator.model
+
+
+def _saved_models_of(code, run, workdir, connection):
+    """`_saved_models` by another checkout's keras_transformer (in its own process)."""
+    _use_code(code)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    connection.send(_saved_models(run, workdir)[0])
+
+
+def _export_before(args, workdir):
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe()
+    process = context.Process(target=_saved_models_of,
+                              args=(args.before, args.run, os.path.join(workdir, "before"), send))
+    process.start()
+    paths = receive.recv()
+    process.join()
+    return {f"{name}@before": path for name, path in paths.items()}
+
+
+def _export(args, workdir, max_length):
+    """SavedModels (greedy, beam 4) and CTranslate2 directories (float32, int8)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_transformer.data import tokenizers as tk
+    from keras_transformer.export.ctranslate2 import to_ctranslate2
+
+    paths, model = _saved_models(args.run, workdir)
     source = tk.load_tokenizer(os.path.join(args.run, "source_vocabulary"))
     target = tk.load_tokenizer(os.path.join(args.run, "target_vocabulary"))
     for quantization in ("float32", "int8"):
         paths[f"ct2-{quantization}"] = to_ctranslate2(
-            translator.model, source, target, os.path.join(workdir, f"ct2_{quantization}"),
+            model, source, target, os.path.join(workdir, f"ct2_{quantization}"),
             quantization=None if quantization == "float32" else quantization)
     return paths
 
@@ -289,6 +322,14 @@ def _engines(args, paths, max_length, target_vocabulary):
                                                ("int8", 2, 1)):
             engines[f"ct2-{quantization} {strategy} {workers}x{threads}"] = CTranslate2Engine(
                 paths[f"ct2-{quantization}"], strategy, workers, threads, max_length)
+    if args.before:  # the package's rows again, decoded by the other checkout
+        for strategy in (GREEDY, BEAM):
+            for workers, threads in layouts:
+                suffix = f"{strategy} {workers}x{threads}"
+                engines[f"savedmodel-ids@before {suffix}"] = SavedModelEngine(
+                    paths[f"savedmodel-{strategy}@before"], "translate_ids", workers, threads)
+                engines[f"iddecoder@before {suffix}"] = IdDecoderEngine(
+                    args.run, strategy, workers, threads, code=args.before)
     if args.engines:
         engines = {name: engine for name, engine in engines.items()
                    if any(pattern in name for pattern in args.engines)}
@@ -314,6 +355,9 @@ def main(argv=None):
     parser.add_argument("--layout", nargs="+", default=["1,2", "2,1"],
                         help="the package's WORKERS,THREADS layouts")
     parser.add_argument("--engines", nargs="*", help="substrings of the engine names to run")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="also run the package's rows with the keras_transformer of "
+                             "another checkout (a before/after comparison in one run)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -328,6 +372,8 @@ def main(argv=None):
     singles = _batches(english, ids, tokens, 1)[: args.latency_sentences]
     workdir = tempfile.mkdtemp(prefix="decode_engines_")
     paths = _export(args, workdir, max_length)
+    if args.before:
+        paths.update(_export_before(args, workdir))
     engines = _engines(args, paths, max_length, target_vocabulary)
 
     print(f"CPU: {_cpu()}")
@@ -340,7 +386,7 @@ def main(argv=None):
     # Warm-up: every shape once (compilation is not timed).
     outputs = {name: process.run(batches)[1] for name, process in processes.items()}
     for process in processes.values():
-        process.run(singles[:2])
+        process.run(singles)
     times = {name: [] for name in processes}
     latency = {name: [] for name in processes}
     for _ in range(args.rounds):
@@ -380,7 +426,7 @@ def main(argv=None):
         if name.startswith("savedmodel-text"):
             continue
         share = _same(rows_out[:200], reference[:200], target_vocabulary)
-        print(f"fidelity: {name} greedy equals CTranslate2 float32 on {share:.1%} of the "
+        print(f"fidelity: {name} equals CTranslate2 float32 greedy on {share:.1%} of the "
               f"first {min(200, len(reference))} sentences")
     if args.json:
         with open(args.json, "w") as handle:

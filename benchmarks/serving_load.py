@@ -32,12 +32,17 @@ import threading
 import time
 
 
-def start_server(model, batching, max_batch_size):
+def start_server(model, batching, max_batch_size, extra_args=(), code=None):
+    """`keras-transformer serve` in a subprocess; `code`: a checkout whose
+    `keras_transformer` serves instead of this one (a before/after run)."""
     command = [sys.executable, "-m", "keras_transformer.cli", "serve", model, "--port", "0",
                "--max-batch-size", str(max_batch_size),
-               "--batching" if batching else "--no-batching"]
+               "--batching" if batching else "--no-batching", *extra_args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if code:
+        env["PYTHONPATH"] = os.path.abspath(code)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                               text=True, env=env, cwd=os.path.abspath(code) if code else None)
     line = process.stdout.readline()
     if " on http://" not in line:
         process.kill()
@@ -172,6 +177,13 @@ def main(argv=None):
                              "Python threads, or wrk when installed")
     parser.add_argument("--wrk-seconds", type=float, default=10,
                         help="duration of each wrk level")
+    parser.add_argument("--server-args", default="",
+                        help="more options of `keras-transformer serve`, e.g. "
+                             "'--num-batch-threads 2 --intra-op-threads 1'")
+    parser.add_argument("--baseline-model", help="a before/after run: serve this model too "
+                        "(batching on), instead of the unbatched server")
+    parser.add_argument("--baseline-code", help="a checkout whose keras_transformer serves "
+                        "--baseline-model (default: this one)")
     args = parser.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     model = args.model
@@ -185,8 +197,15 @@ def main(argv=None):
     use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
     directory = tempfile.mkdtemp()
     rows = []
-    for batching in (True, False):
-        process, host, port, name = start_server(model, batching, args.max_batch_size)
+    extra = args.server_args.split()
+    if args.baseline_model:  # (label, model, batching, options, code)
+        servers = [("before", args.baseline_model, True, [], args.baseline_code),
+                   ("after", model, True, extra, None)]
+    else:
+        servers = [("on", model, True, extra, None), ("off", model, False, extra, None)]
+    for label, served, batching, options, code in servers:
+        process, host, port, name = start_server(served, batching, args.max_batch_size,
+                                                 options, code)
         try:
             warm_up(host, port, name, sentences, args.max_batch_size)
             for clients in args.clients:
@@ -200,8 +219,8 @@ def main(argv=None):
                     rate, lost, sent = len(latencies) / elapsed, len(failures), len(latencies)
                     sent += lost
                     p50, p95, p99 = (1000 * percentile(latencies, q) for q in (0.5, 0.95, 0.99))
-                rows.append((batching, clients, sent, lost, rate, p50, p95, p99))
-                print(f"  batching {'on ' if batching else 'off'} {clients:>4} clients: "
+                rows.append((label, clients, sent, lost, rate, p50, p95, p99))
+                print(f"  {label:>6} {clients:>4} clients: "
                       f"{rate:.1f} sentences/s, {lost} lost", flush=True)
         finally:
             process.terminate()
@@ -209,17 +228,22 @@ def main(argv=None):
 
     client = "wrk" if use_wrk else f"Python threads, {args.requests_per_client} per client"
     print(f"\nmodel: {model}; single-sentence requests from {client}; "
-          f"max batch {args.max_batch_size}\n")
-    print("| batching | clients | requests | lost | requests/s = sentences/s | p50 ms | p95 ms "
-          "| p99 ms |")
+          f"max batch {args.max_batch_size}; server options: {args.server_args or 'defaults'}")
+    if args.baseline_model:
+        print(f"before: {args.baseline_model} served by {args.baseline_code or 'this checkout'} "
+              "with its defaults")
+    first = "server" if args.baseline_model else "batching"
+    print(f"\n| {first} | clients | requests | lost | requests/s = sentences/s | p50 ms "
+          "| p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
-    for batching, clients, sent, lost, rate, p50, p95, p99 in rows:
-        print(f"| {'on' if batching else 'off'} | {clients} | {sent} | {lost} | {rate:.1f} | "
+    for label, clients, sent, lost, rate, p50, p95, p99 in rows:
+        print(f"| {label} | {clients} | {sent} | {lost} | {rate:.1f} | "
               f"{p50:.0f} | {p95:.0f} | {p99:.0f} |")
     by_key = {(row[0], row[1]): row[4] for row in rows}
+    new, old = ("after", "before") if args.baseline_model else ("on", "off")
     for clients in args.clients:
-        print(f"\n{clients} clients: batching gives {by_key[True, clients] / by_key[False, clients]:.2f}×"
-              " the sentences/s of the unbatched server")
+        print(f"\n{clients} clients: {new} gives {by_key[new, clients] / by_key[old, clients]:.2f}×"
+              f" the sentences/s of {old}")
     return rows
 
 

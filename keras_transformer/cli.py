@@ -91,7 +91,9 @@ def _serve(args):
                  max_batch_size=args.max_batch_size,
                  batch_timeout_micros=args.batch_timeout_micros,
                  max_queued_instances=args.max_queued_instances,
-                 max_connections=args.max_connections, max_body_bytes=args.max_body_bytes)
+                 max_connections=args.max_connections, max_body_bytes=args.max_body_bytes,
+                 num_batch_threads=args.num_batch_threads,
+                 intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads)
 
 
 def _evaluate(args):
@@ -155,6 +157,15 @@ def _serving_parsers(subparsers):
                             "503 with Retry-After")
     serve.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
                        help="the largest request body accepted (413 above)")
+    serve.add_argument("--num-batch-threads", type=int, default=1,
+                       help="batches run at once (TF Serving's num_batch_threads)")
+    serve.add_argument("--intra-op-threads", type=int, default=None,
+                       help="threads one TensorFlow operation may use (TF Serving's "
+                            "--tensorflow_intra_op_parallelism; default: TensorFlow's, "
+                            "all cores)")
+    serve.add_argument("--inter-op-threads", type=int, default=None,
+                       help="operations run at once (TF Serving's "
+                            "--tensorflow_inter_op_parallelism; default: TensorFlow's)")
     serve.set_defaults(run=_serve)
 
     evaluate = subparsers.add_parser(

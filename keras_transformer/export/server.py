@@ -93,12 +93,13 @@ class ModelServer:
         batching: run concurrent requests together (see
             `keras_transformer.export.batching`); False runs each request
             alone, one at a time.
-        max_batch_size, batch_timeout_micros, max_queued_instances: the
-            batching settings (TF Serving's names).
+        max_batch_size, batch_timeout_micros, max_queued_instances,
+            num_batch_threads: the batching settings (TF Serving's names).
     """
 
     def __init__(self, base_dir, max_batch=1024, max_chars=10_000, *, batching=True,
-                 max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048):
+                 max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048,
+                 num_batch_threads=1):
         self.base_dir = os.path.abspath(base_dir)
         self.name = os.path.basename(self.base_dir.rstrip("/"))
         self.version = latest_version(self.base_dir)
@@ -111,7 +112,8 @@ class ModelServer:
             self.batcher = Batcher(lambda key, values: self._call(key, values),
                                    max_batch_size=max_batch_size,
                                    batch_timeout_micros=batch_timeout_micros,
-                                   max_queued_instances=max_queued_instances)
+                                   max_queued_instances=max_queued_instances,
+                                   num_batch_threads=num_batch_threads)
 
     def close(self):
         """Answers what is queued, then stops the batching worker."""
@@ -377,22 +379,47 @@ class ModelHTTPServer(ThreadingHTTPServer):
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
 
+def set_thread_layout(intra_op_threads=None, inter_op_threads=None):
+    """TensorFlow's thread pools (TF Serving's `--tensorflow_intra_op_parallelism`
+    and `--tensorflow_inter_op_parallelism`); None leaves TensorFlow's default.
+
+    Must run before TensorFlow executes anything in the process.
+
+    Raises:
+        RuntimeError: TensorFlow has started already (the message says so).
+    """
+    try:
+        if intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        if inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError as error:
+        raise RuntimeError("TensorFlow's threads can only be set before it runs anything "
+                           f"in this process: {error}") from error
+
+
 def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
           max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048,
-          max_connections=1024, max_body_bytes=8 * 1024 * 1024):
+          max_connections=1024, max_body_bytes=8 * 1024 * 1024, num_batch_threads=1,
+          intra_op_threads=None, inter_op_threads=None):
     """Serves `base_dir` until SIGTERM or Ctrl-C, then stops gracefully.
 
     `ready(server)` is called once listening. On SIGTERM/SIGINT the server
     stops accepting connections, answers the requests in flight and what is
-    queued, and returns 0.
+    queued, and returns 0. `num_batch_threads` batches run at once;
+    `intra_op_threads` / `inter_op_threads` set TensorFlow's thread pools
+    (see `set_thread_layout`): one intra-op thread per batch thread is the
+    fastest layout for small models.
     """
+    set_thread_layout(intra_op_threads, inter_op_threads)
     model = ModelServer(base_dir, batching=batching, max_batch_size=max_batch_size,
                         batch_timeout_micros=batch_timeout_micros,
-                        max_queued_instances=max_queued_instances)
+                        max_queued_instances=max_queued_instances,
+                        num_batch_threads=num_batch_threads)
     httpd = ModelHTTPServer((host, port), make_handler(model, max_body_bytes),
                             max_connections=max_connections)
-    batching_text = (f"batching up to {max_batch_size} instances, {batch_timeout_micros} µs"
-                     if batching else "no batching")
+    batching_text = (f"batching up to {max_batch_size} instances, {batch_timeout_micros} µs, "
+                     f"{num_batch_threads} batch thread(s)" if batching else "no batching")
     print(f"Serving {model.name!r} version {model.version} on "
           f"http://{host}:{httpd.server_address[1]}/v1/models/{model.name}:predict "
           f"({batching_text})", flush=True)

@@ -29,6 +29,10 @@ class IdDecoder:
         decoding: a `DecodingConfig` (default: greedy).
         compile: bool, whether to compile the search with XLA (TensorFlow,
             JAX; ignored under PyTorch).
+        source_length_bucket: int or None. Encoder–decoder sources are
+            padded (with 0) to a multiple of this, so that XLA compiles once
+            per batch size and padded width rather than once per width.
+            None: sources are decoded at the width given.
 
     Call arguments:
         inputs: encoder–decoder: source ids `(B, S)` int, 0 = padding.
@@ -44,8 +48,9 @@ class IdDecoder:
         log-probabilities of the chosen tokens.
     """
 
-    def __init__(self, model, max_length, decoding=None, compile=True):
+    def __init__(self, model, max_length, decoding=None, compile=True, source_length_bucket=8):
         self.model = model
+        self.source_length_bucket = source_length_bucket
         self.core = SearchCore(model, max_length, decoding)
         self.compile = compile
         self._compiled = None
@@ -84,12 +89,24 @@ class IdDecoder:
         jitted = jax.jit(stateless)
         return lambda *args: jitted([v.value for v in variables], *args)
 
+    def _pad_source(self, inputs):
+        """Sources padded to the next multiple of the bucket (within the model's length)."""
+        bucket = self.source_length_bucket
+        if not bucket or inputs.ndim != 2 or inputs.shape[1] % bucket == 0:
+            return inputs
+        width = -(-inputs.shape[1] // bucket) * bucket
+        limit = getattr(self.stepper.decoder, "max_length", None)
+        if limit is not None and width > limit:
+            return inputs
+        return np.pad(inputs, ((0, 0), (0, width - inputs.shape[1])))
+
     def __call__(self, inputs, prompt_lengths=None, seed=None):
         inputs = np.asarray(inputs, "int32")
         if self.core.is_encoder_decoder:
             if prompt_lengths is not None:
                 raise ValueError("`prompt_lengths` is for decoder-only models; this model "
                                  "has an encoder.")
+            inputs = self._pad_source(inputs)
         elif prompt_lengths is None:
             prompt_lengths = np.full((len(inputs),), inputs.shape[1], "int32")
         else:

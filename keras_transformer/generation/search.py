@@ -1,7 +1,9 @@
 """Greedy search, sampling and beam search over a stepper, in one `while_loop`.
 
-Every search runs the whole generation as one `keras.ops.while_loop` over
-static-shape buffers, written in `keras.ops` alone: one implementation for
+Every search runs the whole generation as `keras.ops.while_loop`s over
+static-shape buffers (one loop per cache length when the model's cache can
+grow: 8, 16, 32, … positions, so that a step reads what has been written
+rather than `max_length` positions), written in `keras.ops` alone: one implementation for
 every Keras backend. XLA compiles it once per batch shape
 (`tf.function(jit_compile=True)` under TensorFlow, where it also exports to a
 SavedModel; `jax.jit` under JAX); under PyTorch it runs eagerly. The loop stops as soon as every row
@@ -63,6 +65,49 @@ def _take_rows(tensor, rows):
     return ops.take(tensor, rows, axis=0)
 
 
+# The first cache length of a growing cache; each segment doubles it.
+_FIRST_CACHE_LENGTH = 8
+
+
+def cache_lengths(stepper, max_length):
+    """The cache lengths the loop runs through: 8, 16, 32, … then `max_length`
+    when the model's cache can grow (`DecodingTraits.cache_length_axes`),
+    else `max_length` alone."""
+    traits = getattr(stepper, "traits", None)  # a stepper of one's own may have none
+    if traits is None or not traits.cache_length_axes:
+        return [max_length]
+    lengths, length = [], _FIRST_CACHE_LENGTH
+    while length < max_length:
+        lengths.append(length)
+        length *= 2
+    return lengths + [max_length]
+
+
+def _while_loop(stepper, cond, body, loop_vars, max_length):
+    """`ops.while_loop` over at most `max_length` steps, the loop variables
+    `(i, ..., state)`, with a cache that grows as `i` does.
+
+    Each segment runs while `i` is below its cache length, so a step reads
+    (and beam search reorders) the positions that can have been written,
+    not all `max_length` of them: decoding stops long before `max_length`
+    for most batches, and a step's cost is dominated by reading its cache.
+    """
+    lengths = cache_lengths(stepper, max_length)
+    if len(lengths) == 1:
+        return ops.while_loop(cond, body, loop_vars, maximum_iterations=max_length)
+    done = 0
+    for length in lengths:
+        loop_vars = (*loop_vars[:-1], stepper.resize(loop_vars[-1], length))
+
+        def segment_cond(*values, length=length):
+            return ops.logical_and(values[0] < length, cond(*values))
+
+        loop_vars = ops.while_loop(segment_cond, body, loop_vars,
+                                   maximum_iterations=length - done)
+        done = length
+    return loop_vars
+
+
 def _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_lengths):
     first_ids = ops.cast(first_ids, "int32")
     batch_size = ops.shape(first_ids)[0]
@@ -90,8 +135,7 @@ def _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_le
     loop_vars = (ops.convert_to_tensor(0, "int32"), first_ids,
                  ops.zeros([batch_size, max_length], "int32"), ops.zeros([batch_size], "bool"),
                  ops.zeros([batch_size], "float32"), state)
-    _, _, ids, _, scores, _ = ops.while_loop(cond, body, loop_vars,
-                                             maximum_iterations=max_length)
+    _, _, ids, _, scores, _ = _while_loop(stepper, cond, body, loop_vars, max_length)
     return ids, scores
 
 
@@ -245,9 +289,8 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
     loop_vars = (ops.convert_to_tensor(0, "int32"), ops.repeat(first_ids, k, axis=0),
                  ops.zeros([flat, max_length], "int32"), ops.zeros([flat], "bool"),
                  ops.zeros([flat], "int32"), initial_scores, state)
-    _, _, ids, finished, lengths, scores, _ = ops.while_loop(
-        cond, body, loop_vars, maximum_iterations=max_length
-    )
+    _, _, ids, finished, lengths, scores, _ = _while_loop(
+        stepper, cond, body, loop_vars, max_length)
     normalized = scores / ops.reshape(length_penalty(lengths, alpha), [-1, k])
     # In a row that is done, a beam still going cannot win: only ended beams count.
     going = ~ops.reshape(finished, [-1, k])

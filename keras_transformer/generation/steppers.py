@@ -78,6 +78,28 @@ class Stepper:
         """Each row of every state tensor repeated `k` times: `(B, ...)` → `(B·k, ...)`."""
         return keras.tree.map_structure(lambda t: ops.repeat(t, k, axis=0), state)
 
+    def resize(self, state, length):
+        """`state` with its position axes (`DecodingTraits.cache_length_axes`)
+        cut or zero-padded to `length` positions; the rest unchanged."""
+        axes = dict(self.traits.cache_length_axes)
+        if not axes or not isinstance(state, dict):
+            return state
+
+        def fit(tensor, axis):
+            current = tensor.shape[axis]
+            if current == length:
+                return tensor
+            if current > length:
+                index = [slice(None)] * len(tensor.shape)
+                index[axis] = slice(0, length)
+                return tensor[tuple(index)]
+            padding = [[0, 0]] * len(tensor.shape)
+            padding[axis] = [0, length - current]
+            return ops.pad(tensor, padding)
+
+        return {key: keras.tree.map_structure(lambda t, a=axes[key]: fit(t, a), value)
+                if key in axes else value for key, value in state.items()}
+
     def gather(self, state, indices):
         """The rows `indices` `(B·k,)` of every state tensor (beams that survive).
 

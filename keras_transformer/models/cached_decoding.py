@@ -66,9 +66,19 @@ class DecodingTraits:
             gathers them again (for an encoder–decoder, the cross-attention
             keys/values are as large as the self-attention cache). Empty:
             every cache tensor is reordered with its beams.
+        cache_length_axes: `(key, axis)` pairs: top-level keys of a dict
+            cache whose tensors hold one entry per position along `axis`
+            (their length there is the `max_length` given to
+            `initial_cache`), such as self-attention keys/values. The
+            searches may start them shorter and lengthen them (zeros
+            appended) as decoding advances, so that a step reads the
+            positions written so far instead of all `max_length`; the
+            model's `call_with_cache` then receives such a cache of any
+            length ≥ `index + T`. Empty: the cache keeps its full length.
     """
 
     static_cache_keys: tuple = ()
+    cache_length_axes: tuple = ()
 
 
 def decoding_traits(decoder):
@@ -136,10 +146,14 @@ class StructuredDecoder:
         return self.structure.encoder is not None
 
     def decoding_traits(self):
-        """The cross-attention keys/values and the source mask are the source's."""
+        """The cross-attention keys/values and the source mask are the source's;
+        the self-attention caches grow with the positions decoded."""
+        # Self-attention caches are (B, 2, L, K, H): positions on axis 2.
+        growing = (("self", 2),)
         if self.is_encoder_decoder:
-            return DecodingTraits(static_cache_keys=("cross", "source_mask"))
-        return DecodingTraits()
+            return DecodingTraits(static_cache_keys=("cross", "source_mask"),
+                                  cache_length_axes=growing)
+        return DecodingTraits(cache_length_axes=growing)
 
     def encode(self, source_ids):
         """`(B, S)` ids → `{"memory": (B, S, D), "source_mask": (B, S) bool}`."""
