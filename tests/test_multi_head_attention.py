@@ -224,6 +224,30 @@ def test_precomputed_cross_attention_cache_equals_uncached():
         layer(query, value, cache=cache)
 
 
+@pytest.mark.parametrize("num_key_value_heads", [None, 2])
+def test_a_cross_attention_cache_serves_groups_of_query_rows(num_key_value_heads):
+    """Beam search keeps one cache row per sentence for its k consecutive beams:
+    the same outputs and scores as the cache repeated for every beam."""
+    k = 3
+    query, value = _data()
+    beams = np.random.default_rng(5).normal(size=(B * k, 2, D)).astype("float32")
+    beam_mask = np.ones((B * k, 2), bool)
+    beam_mask[1, 1] = False  # a padded query position in one beam
+    layer = MultiHeadAttention(num_heads=N, num_key_value_heads=num_key_value_heads)
+    layer(query, value)
+    cache = layer.compute_key_value_cache(value)  # [B, 2, S, K, H]
+    repeated = ops.repeat(cache, k, axis=0)
+    expected, _, expected_scores = layer(
+        beams, cache=repeated, query_mask=beam_mask,
+        value_mask=np.repeat(VALUE_MASK, k, axis=0), return_attention_scores=True)
+    got, _, scores = layer(beams, cache=cache, query_mask=beam_mask, value_mask=VALUE_MASK,
+                           return_attention_scores=True)
+    np.testing.assert_allclose(_np(got), _np(expected), atol=1e-6)
+    np.testing.assert_allclose(_np(scores), _np(expected_scores), atol=1e-6)
+    fused = layer(beams, cache=cache, query_mask=beam_mask, value_mask=VALUE_MASK)[0]
+    np.testing.assert_allclose(_np(fused), _np(expected), atol=1e-5)
+
+
 def test_cached_step_under_xla_with_a_tensor_cache_index():
     query, _ = _data()
     layer = MultiHeadAttention(num_heads=N)

@@ -75,8 +75,17 @@ class Stepper:
                 [scores[:, :, 0] for scores in attention])
 
     def repeat(self, state, k):
-        """Each row of every state tensor repeated `k` times: `(B, ...)` → `(B·k, ...)`."""
-        return keras.tree.map_structure(lambda t: ops.repeat(t, k, axis=0), state)
+        """Each row of every state tensor repeated `k` times: `(B, ...)` → `(B·k, ...)`,
+        except the source's entries (`DecodingTraits.static_cache_keys`), which
+        stay one row per sentence for its `k` consecutive beams."""
+        return self._map_rows(lambda t: ops.repeat(t, k, axis=0), state)
+
+    def _map_rows(self, function, state):
+        static = self.traits.static_cache_keys
+        if static and isinstance(state, dict):
+            return {key: value if key in static else keras.tree.map_structure(function, value)
+                    for key, value in state.items()}
+        return keras.tree.map_structure(function, state)
 
     def resize(self, state, length):
         """`state` with its position axes (`DecodingTraits.cache_length_axes`)
@@ -101,20 +110,10 @@ class Stepper:
                 if key in axes else value for key, value in state.items()}
 
     def gather(self, state, indices):
-        """The rows `indices` `(B·k,)` of every state tensor (beams that survive).
-
-        `indices` stay within each sentence's beams, so the entries the
-        model's `DecodingTraits.static_cache_keys` names (the source's,
-        equal across a sentence's beams) are kept as they are.
-        """
-        def take(tree):
-            return keras.tree.map_structure(lambda t: ops.take(t, indices, axis=0), tree)
-
-        static = self.traits.static_cache_keys
-        if static and isinstance(state, dict):
-            return {key: value if key in static else take(value)
-                    for key, value in state.items()}
-        return take(state)
+        """The rows `indices` `(B·k,)` of every state tensor (beams that survive),
+        except the source's entries, which `repeat` left one row per sentence
+        (the surviving beams of a sentence stay that sentence's)."""
+        return self._map_rows(lambda t: ops.take(t, indices, axis=0), state)
 
 
 class EncoderDecoderStepper(Stepper):

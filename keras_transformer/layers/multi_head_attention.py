@@ -80,7 +80,10 @@ class MultiHeadAttention(keras.layers.Layer):
               `use_causal_mask=True` does.
             - Without `cache_index` (cross-attention decoding): the cache
               holds keys and values computed once by
-              `compute_key_value_cache(value)`; `value` must be None.
+              `compute_key_value_cache(value)`; `value` must be None. Its
+              batch B_c may divide the query's B: then each group of
+              B / B_c consecutive query rows (a sentence's beams) attends to
+              one cache row, which is read once for the group.
         cache_index: int or scalar int tensor, the position of the first query
             in the cache.
         return_attention_scores: bool, whether to also return the attention
@@ -256,10 +259,18 @@ class MultiHeadAttention(keras.layers.Layer):
 
         position = 0 if cache_index is None else cache_index
         query_heads = self._query_dense(query)  # [B, T, N, H]
+        rows, length = ops.shape(query_heads)[0], ops.shape(query_heads)[1]
         if self.rotary:
             query_heads = apply_rotary(query_heads, position, self.rotary_max_wavelength)
         if precomputed:
-            key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, K, H]
+            key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B_c, S, K, H]
+            # The cache may serve groups of consecutive query rows (the beams
+            # of one sentence): B = g·B_c. The groups' queries attend side by
+            # side, [B_c, g·T, N, H], so each source's keys/values are read
+            # once, not once per beam (g = 1 without beams).
+            query_heads, query_mask, attention_mask = _group_queries(
+                query_heads, query_mask, attention_mask, ops.shape(key_heads)[0],
+                ops.shape(key_heads)[1])
         else:
             key_heads = self._key_dense(value)  # [B, S, K, H]
             value_heads = self._value_dense(value)  # [B, S, K, H]
@@ -305,6 +316,14 @@ class MultiHeadAttention(keras.layers.Layer):
             output = self._attend_fused(
                 query_heads, key_heads, value_heads, attention_mask, causal_only
             )
+        if precomputed:  # [B_c, g·T, N, H] → [B, T, N, H]
+            output = ops.reshape(output, (rows, length, self.num_heads, self._head_dim))
+            if return_attention_scores:  # [B_c, N, g·T, S] → [B, N, T, S]
+                sources = ops.shape(scores)[0]
+                scores = ops.reshape(scores, (sources, self.num_heads, -1, length,
+                                              ops.shape(scores)[-1]))
+                scores = ops.reshape(ops.transpose(scores, (0, 2, 1, 3, 4)),
+                                     (rows, self.num_heads, length, ops.shape(scores)[-1]))
         output = self._output_dense(output)  # [B, T, D]
 
         outputs = (output,)
@@ -418,6 +437,19 @@ class MultiHeadAttention(keras.layers.Layer):
             }
         )
         return config
+
+
+def _group_queries(query_heads, query_mask, attention_mask, sources, keys):
+    """Queries `[B, T, N, H]` (and their masks) as `[sources, B/sources·T, N, H]`."""
+    rows, length = ops.shape(query_heads)[0], ops.shape(query_heads)[1]
+    heads, head_dim = query_heads.shape[2], query_heads.shape[3]
+    query_heads = ops.reshape(query_heads, (sources, -1, heads, head_dim))
+    if query_mask is not None:
+        query_mask = ops.reshape(ops.broadcast_to(query_mask, (rows, length)), (sources, -1))
+    if attention_mask is not None:
+        attention_mask = ops.reshape(
+            ops.broadcast_to(attention_mask, (rows, length, keys)), (sources, -1, keys))
+    return query_heads, query_mask, attention_mask
 
 
 def _fused_kernel_supports(dtype):

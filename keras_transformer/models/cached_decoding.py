@@ -60,12 +60,16 @@ class DecodingTraits:
 
     Args:
         static_cache_keys: top-level keys of a dict cache whose tensors come
-            from the source alone: written by `initial_cache`, returned
-            unchanged by `call_with_cache`, and therefore equal for every
-            beam of a sentence. Beam search repeats them once and never
-            gathers them again (for an encoder–decoder, the cross-attention
-            keys/values are as large as the self-attention cache). Empty:
-            every cache tensor is reordered with its beams.
+            from the source alone: written by `initial_cache` and returned
+            unchanged by `call_with_cache`. Beam search neither repeats nor
+            reorders them: they keep one row per sentence while the token
+            ids (and the other entries) have one row per beam, `k`
+            consecutive rows a sentence, so `call_with_cache` must accept
+            them at that smaller batch (the package's `DecoderBlock` and
+            `MultiHeadAttention` do: a cross-attention cache of batch B_c
+            serves B = k·B_c query rows). For an encoder–decoder this saves
+            reading the source's keys/values once per beam. Empty: every
+            cache tensor is repeated and reordered with its beams.
         cache_length_axes: `(key, axis)` pairs: top-level keys of a dict
             cache whose tensors hold one entry per position along `axis`
             (their length there is the `max_length` given to
