@@ -111,3 +111,33 @@ def test_a_full_queue_refuses_at_once_and_the_rest_is_answered():
 def test_bad_settings_say_what_was_received():
     with pytest.raises(ValueError, match="max_batch_size=0"):
         Batcher(FakeModel(), max_batch_size=0)
+
+
+def test_batch_threads_run_batches_at_once_and_rows_go_back_to_their_requests():
+    class Concurrent(FakeModel):
+        """Counts the calls in flight at once."""
+
+        def __init__(self):
+            super().__init__(delay=0.2)
+            self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+        def __call__(self, key, values):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                return super().__call__(key, values)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+    model = Concurrent()
+    batcher = Batcher(model, max_batch_size=2, batch_timeout_micros=0, num_batch_threads=2)
+    requests = [("k", [f"s{i}"]) for i in range(8)]
+    results, errors = run_concurrently(batcher, requests)
+    batcher.stop()
+    assert errors == [None] * 8
+    assert [list(r["text"]) for r in results] == [[f"S{i}"] for i in range(8)]
+    assert model.most == 2  # two batches in flight at once, never more
+    with pytest.raises(ValueError, match="num_batch_threads"):
+        Batcher(model, num_batch_threads=0)

@@ -10,6 +10,7 @@ step) that the cached searches are tested against.
 """
 
 from keras_transformer.generation.compiled import IdDecoder
+from keras_transformer.generation.core import SearchCore
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.greedy import greedy_generate, greedy_translate
 from keras_transformer.generation.search import (
@@ -26,6 +27,7 @@ __all__ = [
     "DecodingConfig",
     "EncoderDecoderStepper",
     "IdDecoder",
+    "SearchCore",
     "Stepper",
     "TextGenerator",
     "Translator",
