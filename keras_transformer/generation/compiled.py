@@ -29,10 +29,11 @@ class IdDecoder:
         decoding: a `DecodingConfig` (default: greedy).
         compile: bool, whether to compile the search with XLA (TensorFlow,
             JAX; ignored under PyTorch).
-        source_length_bucket: int or None. Encoder–decoder sources are
-            padded (with 0) to a multiple of this, so that XLA compiles once
-            per batch size and padded width rather than once per width.
-            None: sources are decoded at the width given.
+        source_length_bucket: int or None (default). Encoder–decoder
+            sources are padded (with 0) to a multiple of this, so that XLA
+            compiles once per batch size and padded width rather than once
+            per width given (at the cost of the padding's work). None:
+            sources are decoded at the width given.
 
     Call arguments:
         inputs: encoder–decoder: source ids `(B, S)` int, 0 = padding.
@@ -48,7 +49,8 @@ class IdDecoder:
         log-probabilities of the chosen tokens.
     """
 
-    def __init__(self, model, max_length, decoding=None, compile=True, source_length_bucket=8):
+    def __init__(self, model, max_length, decoding=None, compile=True,
+                 source_length_bucket=None):
         self.model = model
         self.source_length_bucket = source_length_bucket
         self.core = SearchCore(model, max_length, decoding)
