@@ -15,11 +15,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_transformer.generation.core import SearchCore
+from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.steppers import model_variables
 
 
-class IdDecoder:
+class IdDecoder(SearchFront):
     """Decodes ids with a model's key/value cache, compiled once per batch shape.
 
     Args:
@@ -58,16 +58,8 @@ class IdDecoder:
         self._compiled = None
 
     @property
-    def stepper(self):
-        return self.core.stepper
-
-    @property
     def max_length(self):
         return self.core.max_length
-
-    @property
-    def decoding(self):
-        return self.core.decoding
 
     def _search(self, inputs, prompt_lengths, seed):
         return self.core.search(inputs, prompt_lengths, seed)

@@ -98,3 +98,18 @@ class SearchCore:
             if tokens[-1] == END_ID:
                 break
         return tokens, attention
+
+
+class SearchFront:
+    """What each front door (`IdDecoder`, `Translator`, `TextGenerator`) shows of
+    its `SearchCore`, kept in `self.core`."""
+
+    @property
+    def decoding(self):
+        """The `DecodingConfig` of the search."""
+        return self.core.decoding
+
+    @property
+    def stepper(self):
+        """The model's stepper (`EncoderDecoderStepper` or `CausalLMStepper`)."""
+        return self.core.stepper

@@ -26,7 +26,7 @@ def cross_attention(translator, text, block=-1):
     """
     source_ids = translator.tokenize(tf.constant([text]))
     length = int(tf.math.count_nonzero(source_ids))
-    generated, steps = translator._core.greedy_with_attention(source_ids)
+    generated, steps = translator.core.greedy_with_attention(source_ids)
     rows = [blocks[block][:, :length] for blocks in steps]  # [N, S] each
     weights = np.stack(rows, axis=1)  # [N, T, S]
     source = [translator.source_tokenizer.id_to_token(int(i)) for i in source_ids[0, :length]]

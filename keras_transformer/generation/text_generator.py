@@ -17,13 +17,13 @@ tokens (documented truncation); an empty prompt is refused with a clear
 
 import tensorflow as tf
 
-from keras_transformer.generation.core import SearchCore
+from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.steppers import model_variables
 from keras_transformer.models.cached_decoding import cached_decoder
 
 
-class TextGenerator(tf.Module):
+class TextGenerator(SearchFront, tf.Module):
     """Continues prompts with a decoder-only model.
 
     Args:
@@ -69,23 +69,13 @@ class TextGenerator(tf.Module):
                              f"Received: {max_length}")
         self.max_length = int(max_length)
         # The prompt's first token is position 0; the search fills the rest.
-        self._core = SearchCore(model, self.max_length - 1, decoding, kind="causal_lm")
+        self.core = SearchCore(model, self.max_length - 1, decoding, kind="causal_lm")
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
 
     def _search_ids(self, prompt_ids, lengths, seed):
         # A method of the module (not the core's bound method), so that the
         # compiled function keeps the module alive while it runs.
-        return self._core.search(prompt_ids, lengths, seed)
-
-    @property
-    def decoding(self):
-        """The `DecodingConfig` of the search."""
-        return self._core.decoding
-
-    @property
-    def stepper(self):
-        """The model's `CausalLMStepper`."""
-        return self._core.stepper
+        return self.core.search(prompt_ids, lengths, seed)
 
     @property
     def temperature(self):

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_transformer._optional import require
 from keras_transformer.data.special_tokens import END_ID, RESERVED_TOKENS
-from keras_transformer.generation.core import SearchCore
+from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.steppers import model_variables
 
@@ -37,7 +37,7 @@ def strip_special(ids):
     return tf.ragged.boolean_mask(ids, keep)
 
 
-class Translator(tf.Module):
+class Translator(SearchFront, tf.Module):
     """Translates batches of strings with an encoder–decoder model.
 
     Args:
@@ -93,7 +93,7 @@ class Translator(tf.Module):
                              f"{source_length_bucket}")
         self.source_length_bucket = source_length_bucket
         decoding = decoding or DecodingConfig.from_legacy(beam_size=beam_size, alpha=alpha)
-        self._core = SearchCore(model, max_length, decoding, kind="encoder_decoder")
+        self.core = SearchCore(model, max_length, decoding, kind="encoder_decoder")
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
         keras_hub = require("keras_hub", "data", "Translator's tokenizers")
         self._is_wordpiece = isinstance(target_tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
@@ -101,17 +101,7 @@ class Translator(tf.Module):
     def _search_ids(self, source_ids):
         # A method of the module (not the core's bound method), so that the
         # compiled function keeps the module alive while it runs.
-        return self._core.search(source_ids)
-
-    @property
-    def decoding(self):
-        """The `DecodingConfig` of the search."""
-        return self._core.decoding
-
-    @property
-    def stepper(self):
-        """The model's `EncoderDecoderStepper`."""
-        return self._core.stepper
+        return self.core.search(source_ids)
 
     @property
     def beam_size(self):
