@@ -218,8 +218,6 @@ class Process:
 # ## The data and the exports
 
 def _sentences(args, config):
-    import numpy as np
-
     from keras_transformer.data import tokenizers as tk
     from keras_transformer.recipes import translation
 
@@ -230,11 +228,11 @@ def _sentences(args, config):
     source = tk.load_tokenizer(os.path.join(args.run, "source_vocabulary"))
     vocabulary = source.get_vocabulary()
     max_length = config["max_length"]
-    ids = [list(row)[:max_length] for row in tk_ids(source, english)]
+    ids = [list(row)[:max_length] for row in _token_ids(source, english)]
     return english, ids, [[vocabulary[i] for i in row] for row in ids], max_length
 
 
-def tk_ids(tokenizer, texts):
+def _token_ids(tokenizer, texts):
     import numpy as np
 
     output = tokenizer(texts)
@@ -306,7 +304,7 @@ def _export(args, workdir, max_length):
     return paths
 
 
-def _engines(args, paths, max_length, target_vocabulary):
+def _engines(args, paths, max_length):
     layouts = [tuple(int(v) for v in layout.split(",")) for layout in args.layout]
     engines = {}
     for strategy in (GREEDY, BEAM):
@@ -374,7 +372,7 @@ def main(argv=None):
     paths = _export(args, workdir, max_length)
     if args.before:
         paths.update(_export_before(args, workdir))
-    engines = _engines(args, paths, max_length, target_vocabulary)
+    engines = _engines(args, paths, max_length)
 
     print(f"CPU: {_cpu()}")
     print(f"model: {args.run} (max length {max_length}); {len(english)} held-out sentences "
