@@ -1,13 +1,15 @@
-"""Greedy search, sampling and beam search over a stepper, in one `while_loop`.
+"""Greedy search, sampling and beam search over a stepper, in `while_loop`s.
 
 Every search runs the whole generation as `keras.ops.while_loop`s over
-static-shape buffers (one loop per cache length when the model's cache can
-grow: 8, 16, 32, … positions, so that a step reads what has been written
-rather than `max_length` positions), written in `keras.ops` alone: one implementation for
-every Keras backend. XLA compiles it once per batch shape
-(`tf.function(jit_compile=True)` under TensorFlow, where it also exports to a
-SavedModel; `jax.jit` under JAX); under PyTorch it runs eagerly. The loop stops as soon as every row
-has produced `[END]` (or after `max_length` steps).
+static-shape buffers, written in `keras.ops` alone: one implementation for
+every Keras backend. When the model's cache can grow
+(`DecodingTraits.cache_length_axes`) there is one loop per cache length (8,
+16, 32, … positions), so that a step reads what has been written rather
+than `max_length` positions. XLA compiles the search once per batch shape
+(`tf.function(jit_compile=True)` under TensorFlow, where it also exports to
+a SavedModel; `jax.jit` under JAX); under PyTorch it runs eagerly. The
+search stops as soon as every row has produced `[END]` (or after
+`max_length` steps).
 
 Shared arguments:
     stepper: an `EncoderDecoderStepper` or `CausalLMStepper`.
