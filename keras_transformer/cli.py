@@ -3,6 +3,7 @@
     keras-transformer train translation [options]   # encoder–decoder, English → Spanish
     keras-transformer train char-lm [options]       # character language model
     keras-transformer export RUN_DIR --name NAME     # → saved_models/NAME/<version>/
+    keras-transformer export RUN_DIR --format ctranslate2 --name NAME_ct2   # the engine's
     keras-transformer translate saved_models/NAME "text" ...   # or lines on stdin
     keras-transformer serve saved_models/NAME        # TF Serving's REST API on :8501
     keras-transformer evaluate saved_models/NAME test.tsv      # BLEU and chrF
@@ -51,11 +52,11 @@ def _load_translate_function(model_path):
     import tensorflow as tf
 
     # The server module loads tensorflow-text, whose tokenizer ops the graph uses.
-    from keras_transformer.export.server import latest_version, load_saved_model
+    from keras_transformer.export.server import is_model_version, latest_version, load_model
 
-    if not os.path.exists(os.path.join(model_path, "saved_model.pb")):
+    if not is_model_version(model_path):
         model_path = os.path.join(model_path, latest_version(model_path))
-    signature = load_saved_model(model_path).signatures["serving_default"]
+    signature = load_model(model_path).signatures["serving_default"]
     # A translator takes `text` and answers `translation`; a text generator
     # takes `prompt` and answers `text`.
     ((input_name, _),) = signature.structured_input_signature[1].items()
@@ -65,13 +66,20 @@ def _load_translate_function(model_path):
 
 
 def _export(args):
-    from keras_transformer.export import export_saved_model
+    from keras_transformer.export import export_ctranslate2, export_saved_model
     from keras_transformer.generation import DecodingConfig, load_translator
 
+    if args.quantize and args.format != "ctranslate2":
+        raise SystemExit("--quantize int8 applies to --format ctranslate2 only; an int8 "
+                         "SavedModel is not implemented yet.")
     translator = load_translator(args.run_dir, decoding=DecodingConfig.from_args(args))
-    path = export_saved_model(translator, os.path.join(args.saved_models, args.name),
-                              version=args.version)
-    print(f"Exported {args.run_dir} to {path}")
+    base_dir = os.path.join(args.saved_models, args.name)
+    if args.format == "ctranslate2":
+        path = export_ctranslate2(translator, base_dir, version=args.version,
+                                  quantization=args.quantize)
+    else:
+        path = export_saved_model(translator, base_dir, version=args.version)
+    print(f"Exported {args.run_dir} to {path} ({args.format})")
     return path
 
 
@@ -116,7 +124,8 @@ def _serving_parsers(subparsers):
     defaults = argparse.ArgumentDefaultsHelpFormatter
     export = subparsers.add_parser(
         "export", formatter_class=defaults,
-        help="export a trained translation model as a SavedModel (text in, text out)")
+        help="export a trained translation model as a SavedModel (text in, text out), or "
+             "as a CTranslate2 directory")
     export.add_argument("run_dir", help="a training run directory (best.keras, config.json, "
                                         "vocabularies), as `train translation` writes it")
     export.add_argument("--name", default="translator", help="the model's name (directory)")
@@ -124,6 +133,13 @@ def _serving_parsers(subparsers):
                         help="base directory; the export goes to <this>/<name>/<version>/")
     export.add_argument("--version", type=int, default=None,
                         help="version number (default: one more than the highest present)")
+    export.add_argument("--format", choices=["saved_model", "ctranslate2"],
+                        default="saved_model",
+                        help="a SavedModel (TF Serving, any TensorFlow), or a CTranslate2 "
+                             "model directory with the tokenizers (needs the ctranslate2 "
+                             "extra; `translate`, `evaluate` and `serve` take both)")
+    export.add_argument("--quantize", choices=["int8"], default=None,
+                        help="CTranslate2 only: int8 weights")
     DecodingConfig.add_arguments(export, DecodingConfig("beam", beam_size=4))
     export.set_defaults(run=_export)
 
@@ -132,14 +148,16 @@ def _serving_parsers(subparsers):
         help="translate text given on the command line, or lines read from stdin (with a "
              "text generator's SavedModel: continue prompts)")
     translate.add_argument("model", help="saved_models/<name> (newest version), a version "
-                                         "directory, or a training run directory")
+                                         "directory (SavedModel or CTranslate2), or a "
+                                         "training run directory")
     translate.add_argument("text", nargs="*", help="sentences (default: read stdin)")
     translate.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
     translate.set_defaults(run=_translate)
 
     serve = subparsers.add_parser(
         "serve", formatter_class=defaults,
-        help="serve a SavedModel over HTTP with TensorFlow Serving's REST predict API")
+        help="serve a SavedModel (or CTranslate2 directory) over HTTP with TensorFlow "
+             "Serving's REST predict API")
     serve.add_argument("model", help="saved_models/<name>; serves its newest version as <name>")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8501, help="port (TF Serving's REST port)")
@@ -158,7 +176,8 @@ def _serving_parsers(subparsers):
     serve.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
                        help="the largest request body accepted (413 above)")
     serve.add_argument("--num-batch-threads", type=int, default=1,
-                       help="batches run at once (TF Serving's num_batch_threads)")
+                       help="batches run at once (TF Serving's num_batch_threads; a CTranslate2 "
+                            "directory's inter_threads)")
     serve.add_argument("--intra-op-threads", type=int, default=None,
                        help="threads one TensorFlow operation may use (TF Serving's "
                             "--tensorflow_intra_op_parallelism; default: TensorFlow's, "

@@ -428,6 +428,28 @@ def to_ctranslate2(model, source_tokenizer, target_tokenizer, path, quantization
     return path
 
 
+def export_ctranslate2(module, base_dir, version=None, quantization=None):
+    """Writes a `Translator` or `TextGenerator` as a CTranslate2 directory at
+    `base_dir/<version>/` (atomically, as `export_saved_model` does) and
+    returns that path. Its model, tokenizers, `max_length` and decoding are
+    the module's; `quantization` as in `to_ctranslate2`.
+    """
+    from keras_transformer.export.saved_model import write_version
+
+    if hasattr(module, "source_tokenizer"):
+        tokenizers = (module.source_tokenizer, module.target_tokenizer)
+        max_length = module.max_length
+    else:
+        tokenizers = (module.tokenizer, None)
+        max_length = module.max_length
+
+    def write(staging, model_dir):
+        to_ctranslate2(module.model, *tokenizers, model_dir, quantization,
+                       max_length=max_length, decoding=module.decoding)
+
+    return write_version(base_dir, version, write)
+
+
 def _save_tokenizers(tokenizers, path):
     """The tokenizers saved under `path/<prefix>tokenizer/`: `{side: directory}`.
 

@@ -123,6 +123,21 @@ def export_saved_model(module, base_dir, version=None):
         OSError: `errno.ENOSPC` when the disk fills up mid-export (the partial
             export is removed; the message says what is free).
     """
+    def write(staging, model_dir):
+        module.vocabulary_files = _vocabulary_assets(module, staging)
+        tf.saved_model.save(module, model_dir, signatures=module.serving_signatures())
+
+    return write_version(base_dir, version, write)
+
+
+def write_version(base_dir, version, write):
+    """`write(staging, model_dir)` fills `model_dir`, renamed to `base_dir/<version>/`.
+
+    The version's directory appears whole or not at all: `write` works in a
+    hidden staging directory beside it (`staging` holds scratch files,
+    `model_dir` is what is renamed into place). Returns the final path.
+    Raises as `export_saved_model` says.
+    """
     existing = versions(base_dir)
     version = int(version) if version is not None else (existing[-1] + 1 if existing else 1)
     final = os.path.join(base_dir, str(version))
@@ -138,9 +153,8 @@ def export_saved_model(module, base_dir, version=None):
     staging = tempfile.mkdtemp(
         prefix=f".incomplete-{version}-{socket.gethostname()}-{os.getpid()}-", dir=base_dir)
     try:
-        module.vocabulary_files = _vocabulary_assets(module, staging)
         model_dir = os.path.join(staging, "model")
-        tf.saved_model.save(module, model_dir, signatures=module.serving_signatures())
+        write(staging, model_dir)
         os.rename(model_dir, final)
     except (OSError, tf.errors.OpError) as error:
         if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):

@@ -81,11 +81,36 @@ def load_saved_model(path):
             f"{str(error).splitlines()[0][:300]}") from error
 
 
+def load_model(path, num_batch_threads=1, intra_op_threads=None):
+    """A version directory as what serves it: a loaded SavedModel, or a
+    `CTranslate2Model` for a directory `to_ctranslate2` wrote (same
+    signatures; its threads: `num_batch_threads` × `intra_op_threads`)."""
+    from keras_transformer.export.ctranslate2_serving import (
+        CTranslate2Model,
+        is_ctranslate2_directory,
+    )
+
+    if is_ctranslate2_directory(path):
+        return CTranslate2Model(path, inter_threads=num_batch_threads,
+                                intra_threads=intra_op_threads or 0)
+    return load_saved_model(path)
+
+
+def is_model_version(path):
+    """Whether `path` is one version (a SavedModel or a CTranslate2 directory)."""
+    from keras_transformer.export.ctranslate2_serving import is_ctranslate2_directory
+
+    return (os.path.exists(os.path.join(path, "saved_model.pb"))
+            or is_ctranslate2_directory(path))
+
+
 class ModelServer:
     """Loads the newest version of `base_dir` and answers predict requests.
 
     Args:
         base_dir: `saved_models/<name>`; the model is served as `<name>`.
+            A version is a SavedModel or a CTranslate2 directory
+            (`export_ctranslate2`), served with the same API.
         max_batch: the most instances one request may carry.
         max_chars: longer texts are cut to this many characters (the model
             truncates to its token limit anyway; this bounds the tokenizer's
@@ -95,15 +120,18 @@ class ModelServer:
             alone, one at a time.
         max_batch_size, batch_timeout_micros, max_queued_instances,
             num_batch_threads: the batching settings (TF Serving's names).
+        intra_op_threads: a CTranslate2 directory's threads per batch
+            (TensorFlow's are set by `set_thread_layout`).
     """
 
     def __init__(self, base_dir, max_batch=1024, max_chars=10_000, *, batching=True,
                  max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048,
-                 num_batch_threads=1):
+                 num_batch_threads=1, intra_op_threads=None):
         self.base_dir = os.path.abspath(base_dir)
         self.name = os.path.basename(self.base_dir.rstrip("/"))
         self.version = latest_version(self.base_dir)
-        self.model = load_saved_model(os.path.join(self.base_dir, self.version))
+        self.model = load_model(os.path.join(self.base_dir, self.version),
+                                num_batch_threads, intra_op_threads)
         self.max_batch = max_batch
         self.max_chars = max_chars
         self._lock = threading.Lock()
@@ -415,7 +443,7 @@ def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
     model = ModelServer(base_dir, batching=batching, max_batch_size=max_batch_size,
                         batch_timeout_micros=batch_timeout_micros,
                         max_queued_instances=max_queued_instances,
-                        num_batch_threads=num_batch_threads)
+                        num_batch_threads=num_batch_threads, intra_op_threads=intra_op_threads)
     httpd = ModelHTTPServer((host, port), make_handler(model, max_body_bytes),
                             max_connections=max_connections)
     batching_text = (f"batching up to {max_batch_size} instances, {batch_timeout_micros} µs, "

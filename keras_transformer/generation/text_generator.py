@@ -23,6 +23,29 @@ from keras_transformer.generation.steppers import model_variables
 from keras_transformer.models.cached_decoding import cached_decoder
 
 
+def tokenize_prompt(tokenizer, prompt, max_length):
+    """`(B,)` prompts → `((B, max_length - 1) int32 ids, (B,) int32 lengths)`.
+
+    A prompt keeps its last `max_length - 1` tokens; an empty prompt is an
+    `InvalidArgumentError` (there is no token to continue from).
+    """
+    ids = tokenizer(prompt)
+    if isinstance(ids, list):  # keras-hub gives Python lists when run eagerly
+        ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
+    ids = tf.cast(ids, tf.int32)
+    lengths = ids.row_lengths()
+    tf.debugging.assert_positive(lengths, message="Every prompt must have at least one "
+                                                  "token; received an empty prompt.")
+    keep = max_length - 1
+    ids = ids[:, -keep:]  # the end of a long prompt
+    return ids.to_tensor(shape=[None, keep]), tf.cast(tf.minimum(lengths, keep), tf.int32)
+
+
+def detokenize_sequence(tokenizer, ids):
+    """`(B, L)` ids (0 = padding, after the end) → `(B,)` strings."""
+    return tokenizer.detokenize(tf.RaggedTensor.from_tensor(ids, padding=0))
+
+
 class TextGenerator(SearchFront, tf.Module):
     """Continues prompts with a decoder-only model.
 
@@ -90,16 +113,7 @@ class TextGenerator(SearchFront, tf.Module):
         return self.decoding.top_p
 
     def _tokenize(self, prompt):
-        ids = self.tokenizer(prompt)
-        if isinstance(ids, list):  # keras-hub gives Python lists when run eagerly
-            ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
-        ids = tf.cast(ids, tf.int32)
-        lengths = ids.row_lengths()
-        tf.debugging.assert_positive(lengths, message="Every prompt must have at least one "
-                                                      "token; received an empty prompt.")
-        keep = self.max_length - 1
-        ids = ids[:, -keep:]  # the end of a long prompt
-        return ids.to_tensor(shape=[None, keep]), tf.cast(tf.minimum(lengths, keep), tf.int32)
+        return tokenize_prompt(self.tokenizer, prompt, self.max_length)
 
     def serving_signatures(self):
         """The SavedModel signatures `export_saved_model` writes: `serving_default`
@@ -117,7 +131,7 @@ class TextGenerator(SearchFront, tf.Module):
         token_ids, scores = self._search(prompt_ids, lengths, seed)
         full = tf.concat([prompt_ids[:, :1], token_ids], axis=1)
         # Token id 0 is padding; the model never emits it before the end.
-        text = self.tokenizer.detokenize(tf.RaggedTensor.from_tensor(full, padding=0))
+        text = detokenize_sequence(self.tokenizer, full)
         return {"text": text, "token_ids": token_ids, "scores": scores}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt")])

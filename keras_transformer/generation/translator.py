@@ -37,6 +37,32 @@ def strip_special(ids):
     return tf.ragged.boolean_mask(ids, keep)
 
 
+def tokenize_source(tokenizer, text, max_length):
+    """`(B,)` strings → `(B, max_length)` int32 ids (truncated, 0-padded), in graph ops.
+
+    Bytes that are not UTF-8 become U+FFFD (the replacement character)
+    instead of failing the batch.
+    """
+    text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+    ids = tokenizer(text)
+    if isinstance(ids, list):  # keras-hub gives Python lists when run eagerly
+        ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
+    if isinstance(ids, tf.RaggedTensor):
+        ids = ids.to_tensor(shape=[None, max_length])
+    return tf.cast(ids[:, :max_length], tf.int32)
+
+
+def detokenize_target(tokenizer, ids):
+    """`(B, L)` ids → `(B,)` strings: reserved tokens dropped, each row cut at
+    its first `[END]`, WordPiece's spaces around punctuation removed."""
+    keras_hub = require("keras_hub", "data", "Detokenizing")
+    text = tokenizer.detokenize(strip_special(ids))
+    if isinstance(tokenizer, keras_hub.tokenizers.WordPieceTokenizer):
+        text = tf.strings.regex_replace(text, _SPACE_BEFORE, r"\1")
+        text = tf.strings.regex_replace(text, _SPACE_AFTER, r"\1")
+    return text
+
+
 class Translator(SearchFront, tf.Module):
     """Translates batches of strings with an encoder–decoder model.
 
@@ -95,8 +121,7 @@ class Translator(SearchFront, tf.Module):
         decoding = decoding or DecodingConfig.from_legacy(beam_size=beam_size, alpha=alpha)
         self.core = SearchCore(model, max_length, decoding, kind="encoder_decoder")
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
-        keras_hub = require("keras_hub", "data", "Translator's tokenizers")
-        self._is_wordpiece = isinstance(target_tokenizer, keras_hub.tokenizers.WordPieceTokenizer)
+        require("keras_hub", "data", "Translator's tokenizers")
 
     def _search_ids(self, source_ids):
         # A method of the module (not the core's bound method), so that the
@@ -118,21 +143,11 @@ class Translator(SearchFront, tf.Module):
         Bytes that are not UTF-8 become U+FFFD (the replacement character)
         instead of failing the batch.
         """
-        text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
-        ids = self.source_tokenizer(text)
-        if isinstance(ids, list):  # keras-hub gives Python lists when run eagerly
-            ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
-        if isinstance(ids, tf.RaggedTensor):
-            ids = ids.to_tensor(shape=[None, self.max_length])
-        return tf.cast(ids[:, : self.max_length], tf.int32)
+        return tokenize_source(self.source_tokenizer, text, self.max_length)
 
     def detokenize(self, ids):
         """`(B, L)` target ids → `(B,)` strings (reserved tokens dropped, cut at `[END]`)."""
-        text = self.target_tokenizer.detokenize(strip_special(ids))
-        if self._is_wordpiece:
-            text = tf.strings.regex_replace(text, _SPACE_BEFORE, r"\1")
-            text = tf.strings.regex_replace(text, _SPACE_AFTER, r"\1")
-        return text
+        return detokenize_target(self.target_tokenizer, ids)
 
     def serving_signatures(self):
         """The SavedModel signatures `export_saved_model` writes."""
