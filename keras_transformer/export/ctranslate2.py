@@ -22,7 +22,7 @@ is a `ValueError` naming the layer.
 
 The directory also holds what serving it as text needs
 (`keras_transformer.export.ctranslate2_serving`): the tokenizers (when they
-are the package's WordPiece or BPE ones) and `keras_transformer.json` (the
+are the package's WordPiece or BPE ones) and `serving_config.json` (the
 kind of model, `max_length` and the `DecodingConfig`). The decoding options
 that make CTranslate2 search as the package does are in
 `translate_options(decoding, max_length)` and `generate_options(...)`.
@@ -51,7 +51,7 @@ from keras_transformer.models.graph import read_structure
 
 PAD_TOKEN = RESERVED_TOKENS[PAD_ID]
 # What the directory holds besides CTranslate2's own files.
-METADATA = "keras_transformer.json"
+METADATA = "serving_config.json"
 
 _DROPOUTS = (keras.layers.Dropout, keras.layers.GaussianDropout, keras.layers.GaussianNoise,
              keras.layers.AlphaDropout, keras.layers.Identity)

@@ -2,7 +2,7 @@
 
 `to_ctranslate2` / `export_ctranslate2` write a directory that CTranslate2
 decodes (`model.bin`, its vocabularies) with what serving it as text needs
-(the tokenizers and `keras_transformer.json`). `CTranslate2Model(path)` loads
+(the tokenizers and `serving_config.json`). `CTranslate2Model(path)` loads
 one and offers the signatures of the SavedModel the same model exports, so
 that `keras-transformer translate`, `evaluate` and `serve` (the same REST
 API) take either:
