@@ -69,15 +69,15 @@ def _export(args):
     from keras_transformer.export import export_ctranslate2, export_saved_model
     from keras_transformer.generation import DecodingConfig, load_translator
 
-    if args.quantize and args.format != "ctranslate2":
-        raise SystemExit("--quantize int8 applies to --format ctranslate2 only; an int8 "
-                         "SavedModel is not implemented yet.")
-    translator = load_translator(args.run_dir, decoding=DecodingConfig.from_args(args))
+    decoding = DecodingConfig.from_args(args)
     base_dir = os.path.join(args.saved_models, args.name)
-    if args.format == "ctranslate2":
+    if args.format == "ctranslate2":  # CTranslate2 quantizes the float32 weights itself
+        translator = load_translator(args.run_dir, decoding=decoding)
         path = export_ctranslate2(translator, base_dir, version=args.version,
                                   quantization=args.quantize)
     else:
+        translator = load_translator(args.run_dir, quantization=args.quantize,
+                                     decoding=decoding)
         path = export_saved_model(translator, base_dir, version=args.version)
     print(f"Exported {args.run_dir} to {path} ({args.format})")
     return path
@@ -139,7 +139,9 @@ def _serving_parsers(subparsers):
                              "model directory with the tokenizers (needs the ctranslate2 "
                              "extra; `translate`, `evaluate` and `serve` take both)")
     export.add_argument("--quantize", choices=["int8"], default=None,
-                        help="CTranslate2 only: int8 weights")
+                        help="int8 weights: in every projection and token table of the "
+                             "SavedModel (keras_transformer.models.quantize), or "
+                             "CTranslate2's int8")
     DecodingConfig.add_arguments(export, DecodingConfig("beam", beam_size=4))
     export.set_defaults(run=_export)
 

@@ -274,6 +274,7 @@ def transformer_spec(model):
             part CTranslate2 cannot express (the message names the layer).
     """
     ctranslate2 = require("ctranslate2", "ctranslate2", "The CTranslate2 export")
+    _check_float(model)
     structure = read_structure(model)
     if structure.encoder is None:
         raise ValueError(f"Model '{model.name}' is decoder-only: its spec is "
@@ -317,6 +318,7 @@ def decoder_spec(model):
             part CTranslate2 cannot express (the message names the layer).
     """
     ctranslate2 = require("ctranslate2", "ctranslate2", "The CTranslate2 export")
+    _check_float(model)
     structure = read_structure(model)
     if structure.encoder is not None:
         raise ValueError(f"Model '{model.name}' has an encoder: its spec is "
@@ -343,6 +345,15 @@ def decoder_spec(model):
         _set_ffn(layer_spec.ffn, block)
     _set_projection(spec.decoder.projection, output, structure.decoder.embedding)
     return spec
+
+
+def _check_float(model):
+    quantized = [layer.name for layer in model._flatten_layers()
+                 if getattr(layer, "quantization", None) or layer.quantization_mode]
+    if quantized:
+        raise ValueError(f"Model '{model.name}' has int8 layers {quantized[:3]}: export the "
+                         "float32 model with `quantization='int8'` (CTranslate2 quantizes "
+                         "the float32 weights itself).")
 
 
 def model_spec(model):

@@ -190,14 +190,16 @@ class Translator(SearchFront, tf.Module):
         return {"translation": self.detokenize(outputs["token_ids"]), **outputs}
 
 
-def load_translator(run_dir, **kwargs):
+def load_translator(run_dir, quantization=None, **kwargs):
     """A `Translator` for a training run's directory.
 
     `run_dir` holds what `keras-transformer train translation` writes:
     `best.keras`, `config.json`, `source_vocabulary/`, `target_vocabulary/`.
     `kwargs` go to `Translator` (`decoding`, `max_length`, ...);
     `max_length` defaults to the model's. A checkpoint trained under a
-    mixed-precision policy translates (and exports) as its float32 copy.
+    mixed-precision policy translates (and exports) as its float32 copy;
+    `quantization="int8"` then gives it int8 weights
+    (`keras_transformer.models.quantize`).
     """
     import json
     import os
@@ -221,6 +223,11 @@ def load_translator(run_dir, **kwargs):
     except Exception as error:  # zip, h5 and config errors alike
         raise ValueError(f"Could not load the checkpoint {checkpoint!r} (truncated or "
                          f"corrupted?): {type(error).__name__}: {error}") from error
-    return Translator(float32_copy(model),
+    model = float32_copy(model)
+    if quantization is not None:
+        from keras_transformer.models import quantize
+
+        model = quantize(model, quantization)
+    return Translator(model,
                       tk.load_tokenizer(os.path.join(run_dir, "source_vocabulary")),
                       tk.load_tokenizer(os.path.join(run_dir, "target_vocabulary")), **kwargs)

@@ -3,6 +3,7 @@
 import keras
 
 from keras_transformer.layers import activations as activations_lib
+from keras_transformer.layers import quantization as quantization_lib
 from keras_transformer.layers.moe import MoE
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
@@ -32,6 +33,10 @@ class TransformerBlockBase(keras.layers.Layer):
     `num_key_value_heads` (grouped-query attention, multi-query at 1) and
     `rotary=True` (rotary position embeddings in self-attention; pair it with
     `PositionalEmbedding(positions="none")`).
+
+    `quantization="int8"` builds the attention and feed-forward projections
+    with int8 kernels (`keras_transformer.layers.quantization`); an `MoE`'s
+    experts are not quantized.
     """
 
     _NORMS = ("layer", "rms")
@@ -51,9 +56,11 @@ class TransformerBlockBase(keras.layers.Layer):
         norm="layer",
         num_key_value_heads=None,
         rotary=False,
+        quantization=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.quantization = quantization_lib.check_mode(quantization)
         if norm not in self._NORMS:
             raise ValueError(f"`norm` must be one of {self._NORMS}. Received: norm={norm!r}")
         if num_key_value_heads is not None and (
@@ -108,6 +115,7 @@ class TransformerBlockBase(keras.layers.Layer):
             rotary=self.rotary and self_attention,
             kernel_initializer=self._clone(self.kernel_initializer),
             bias_initializer=self._clone(self.bias_initializer),
+            quantization=self.quantization,
             dtype=self.dtype_policy,
             name=name,
         )
@@ -124,6 +132,7 @@ class TransformerBlockBase(keras.layers.Layer):
             activation=self._activation_config,
             kernel_initializer=self._clone(self.kernel_initializer),
             bias_initializer=self._clone(self.bias_initializer),
+            quantization=self.quantization,
             dtype=self.dtype_policy,
             name="feedforward",
         )
@@ -172,6 +181,22 @@ class TransformerBlockBase(keras.layers.Layer):
                 "norm": self.norm,
                 "num_key_value_heads": self.num_key_value_heads,
                 "rotary": self.rotary,
+                "quantization": self._quantization_config(),
             }
         )
         return config
+
+    def _quantization_config(self):
+        """The mode the attention projections have (the FFN's must agree)."""
+        if not self.built:
+            return self.quantization
+        layers = [self._self_attention]
+        if getattr(self, "_cross_attention", None) is not None:
+            layers.append(self._cross_attention)
+        if isinstance(self._feedforward, PositionwiseFFN):
+            layers.append(self._feedforward)
+        modes = {layer.get_config()["quantization"] for layer in layers}
+        if len(modes) != 1:
+            raise ValueError(f"Block '{self.name}' has sub-layers quantized differently "
+                             f"({sorted(map(str, modes))}); quantize all of them or none.")
+        return modes.pop()

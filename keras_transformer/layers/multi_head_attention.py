@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import masks as masks_lib
+from keras_transformer.layers import quantization as quantization_lib
 from keras_transformer.layers.rotary import apply_rotary
 from keras_transformer.layers.validation import check_floating, check_positive_int, check_rate
 
@@ -52,6 +53,10 @@ class MultiHeadAttention(keras.layers.Layer):
             `cache_index + t` and the keys at their own positions. For
             self-attention; a precomputed cross-attention cache is refused.
         rotary_max_wavelength: float, the rotary embeddings' longest wavelength.
+        quantization: None, or `"int8"`: the query, key, value and output
+            projections are built with int8 kernels (see
+            `keras_transformer.layers.quantization`; `model.quantize("int8")`
+            sets it too).
         kernel_initializer: initializer of the projection kernels.
         bias_initializer: initializer of the projection biases.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
@@ -120,9 +125,11 @@ class MultiHeadAttention(keras.layers.Layer):
         num_key_value_heads=None,
         rotary=False,
         rotary_max_wavelength=10000,
+        quantization=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.quantization = quantization_lib.check_mode(quantization)
         check_positive_int("num_heads", num_heads)
         if head_dim is not None:
             check_positive_int("head_dim", head_dim)
@@ -199,7 +206,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 self.kernel_initializer.get_config()
             ),
             bias_initializer=self.bias_initializer,
-            dtype=self.dtype_policy,
+            dtype=quantization_lib.projection_policy(self, self.quantization),
             name=name,
         )
         # Projections act on each token alone: the padding mask stays valid.
@@ -434,9 +441,13 @@ class MultiHeadAttention(keras.layers.Layer):
                 "num_key_value_heads": self.num_key_value_heads,
                 "rotary": self.rotary,
                 "rotary_max_wavelength": self.rotary_max_wavelength,
+                "quantization": quantization_lib.mode_of(self, self._projections()),
             }
         )
         return config
+
+    def _projections(self):
+        return [self._query_dense, self._key_dense, self._value_dense, self._output_dense]
 
 
 def _group_queries(query_heads, query_mask, attention_mask, sources, keys):

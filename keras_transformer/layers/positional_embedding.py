@@ -3,8 +3,10 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_transformer.layers import quantization as quantization_lib
 from keras_transformer.layers.validation import check_positive_int, check_token_ids
 
 _POSITIONS = ("sinusoidal", "learned", "none")
@@ -59,6 +61,12 @@ class PositionalEmbedding(keras.layers.Layer):
             matmul, often a third of a small model's FLOPs, runs on the
             bfloat16 units. `"float32"`: inputs and weights in float32 too
             (slower under mixed precision, a little more exact).
+        quantization: None, or `"int8"`: the token table is held as int8
+            with one scale per token (`quantize("int8")` converts a built
+            layer; `model.quantize("int8")` calls it). The lookup dequantizes
+            the rows it takes; the tied output projection quantizes each
+            hidden state to int8 too and multiplies in int8 with int32 sums,
+            as Keras's int8 `Dense` does.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -96,9 +104,11 @@ class PositionalEmbedding(keras.layers.Layer):
         mask_zero=True,
         embeddings_initializer=None,
         reverse_compute_dtype=None,
+        quantization=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.quantization = quantization_lib.check_mode(quantization)
         check_positive_int("vocab_size", vocab_size)
         check_positive_int("max_length", max_length)
         check_positive_int("embed_dim", embed_dim)
@@ -121,13 +131,16 @@ class PositionalEmbedding(keras.layers.Layer):
         self.supports_masking = mask_zero
 
     def build(self, token_ids_shape=None):
-        # Not autocast: the tied output projection casts it itself.
-        self.token_embeddings = self.add_weight(
-            name="token_embeddings",
-            shape=(self.vocab_size, self.embed_dim),
-            initializer=self.embeddings_initializer,
-            autocast=False,
-        )
+        if self.quantization == "int8":
+            self._build_int8_table()
+        else:
+            # Not autocast: the tied output projection casts it itself.
+            self.token_embeddings = self.add_weight(
+                name="token_embeddings",
+                shape=(self.vocab_size, self.embed_dim),
+                initializer=self.embeddings_initializer,
+                autocast=False,
+            )
         if self.positions == "learned":
             self.position_embeddings = self.add_weight(
                 name="position_embeddings",
@@ -138,7 +151,59 @@ class PositionalEmbedding(keras.layers.Layer):
             )
         self.built = True
 
+    def _build_int8_table(self):
+        self.token_embeddings = self.add_weight(
+            name="token_embeddings", shape=(self.vocab_size, self.embed_dim),
+            initializer="zeros", dtype="int8", trainable=False, autocast=False)
+        self.token_embeddings_scale = self.add_weight(
+            name="token_embeddings_scale", shape=(self.vocab_size,), initializer="ones",
+            dtype="float32", trainable=False, autocast=False)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Holds the token table as int8, one scale per token (`mode="int8"`).
+
+        `table ≈ int8_table / scale[:, None]`, `scale = 127 / max|row|`.
+        Called by `model.quantize("int8")`; other modes raise
+        `NotImplementedError` (which `model.quantize` reports as a warning).
+        """
+        if mode != "int8":
+            raise NotImplementedError(
+                f"PositionalEmbedding quantizes to int8 only. Received: mode={mode!r}")
+        if self.quantization == "int8":
+            return
+        if not self.built:
+            raise ValueError(f"Layer '{self.name}' must be built before `quantize()`.")
+        table = ops.convert_to_numpy(self.token_embeddings).astype("float32")
+        largest = np.maximum(np.abs(table).max(axis=1), 1e-12)
+        scale = (127.0 / largest).astype("float32")
+        values = np.clip(np.round(table * scale[:, None]), -127, 127).astype("int8")
+        self._tracker.unlock()
+        del self.token_embeddings
+        self._build_int8_table()
+        self._tracker.lock()
+        self.token_embeddings.assign(values)
+        self.token_embeddings_scale.assign(scale)
+        self.quantization = "int8"
+
+    def _token_rows(self, token_ids):
+        rows = ops.take(self.token_embeddings, token_ids, axis=0)
+        if self.quantization == "int8":
+            scale = ops.take(self.token_embeddings_scale, token_ids, axis=0)
+            rows = ops.cast(rows, "float32") / ops.expand_dims(scale, -1)
+        return ops.cast(rows, self.compute_dtype)
+
+    def _int8_logits(self, hidden):
+        """`hidden · tableᵀ` in int8 with int32 sums: hidden quantized per token."""
+        hidden = ops.cast(hidden, "float32")
+        largest = ops.maximum(ops.max(ops.abs(hidden), axis=-1, keepdims=True), 1e-12)
+        hidden_scale = 127.0 / largest
+        quantized = ops.cast(ops.clip(ops.round(hidden * hidden_scale), -127, 127), "int8")
+        sums = ops.matmul(quantized, ops.transpose(self.token_embeddings))  # int32
+        return ops.cast(sums, "float32") / (hidden_scale * self.token_embeddings_scale)
+
     def call(self, token_ids, start_index=0, reverse=False):
+        if reverse and self.quantization == "int8":
+            return self._int8_logits(token_ids)
         if reverse:
             dtype = self.reverse_compute_dtype or self.compute_dtype
             hidden = ops.cast(token_ids, dtype)
@@ -152,9 +217,7 @@ class PositionalEmbedding(keras.layers.Layer):
         check_token_ids("token_ids", token_ids)
         self._check_length(token_ids.shape[1], start_index)
         token_ids = ops.cast(token_ids, "int32")
-        embeddings = ops.cast(
-            ops.take(self.token_embeddings, token_ids, axis=0), self.compute_dtype
-        )  # [B, T, d]
+        embeddings = self._token_rows(token_ids)  # [B, T, d]
         if self.scale:
             embeddings = embeddings * ops.cast(math.sqrt(self.embed_dim), embeddings.dtype)
         if self.positions == "none":
@@ -212,6 +275,7 @@ class PositionalEmbedding(keras.layers.Layer):
                 "scale": self.scale,
                 "mask_zero": self.mask_zero,
                 "reverse_compute_dtype": self.reverse_compute_dtype,
+                "quantization": self.quantization,
                 "embeddings_initializer": keras.initializers.serialize(
                     self.embeddings_initializer
                 ),

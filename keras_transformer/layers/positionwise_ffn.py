@@ -3,6 +3,7 @@
 import keras
 
 from keras_transformer.layers import activations as activations_lib
+from keras_transformer.layers import quantization as quantization_lib
 from keras_transformer.layers.validation import check_floating, check_positive_int, check_rate
 
 
@@ -24,6 +25,8 @@ class PositionwiseFFN(keras.layers.Layer):
         use_bias: bool, whether the two dense layers have biases.
         kernel_initializer: initializer of the kernels.
         bias_initializer: initializer of the biases.
+        quantization: None, or `"int8"`: the dense layers are built with int8
+            kernels (see `keras_transformer.layers.quantization`).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -51,9 +54,11 @@ class PositionwiseFFN(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        quantization=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.quantization = quantization_lib.check_mode(quantization)
         check_positive_int("hidden_dim", hidden_dim)
         check_rate("dropout", dropout)
         self.hidden_dim = hidden_dim
@@ -91,7 +96,7 @@ class PositionwiseFFN(keras.layers.Layer):
                 self.kernel_initializer.get_config()
             ),
             bias_initializer=self.bias_initializer,
-            dtype=self.dtype_policy,
+            dtype=quantization_lib.projection_policy(self, self.quantization),
             name=name,
         )
 
@@ -118,6 +123,11 @@ class PositionwiseFFN(keras.layers.Layer):
                     self.kernel_initializer
                 ),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "quantization": quantization_lib.mode_of(self, self._projections()),
             }
         )
         return config
+
+    def _projections(self):
+        gate = [self._gate_dense] if self.gated else []
+        return [self._inner_dense, *gate, self._output_dense]

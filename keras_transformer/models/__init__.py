@@ -13,6 +13,7 @@ from keras_transformer.models.cached_decoding import (
 from keras_transformer.models.config import TransformerConfig
 from keras_transformer.models.graph import ModelStructure, read_structure
 from keras_transformer.models.precision import float32_copy
+from keras_transformer.models.quantization import quantize
 
 __all__ = [
     "CachedDecoding",
@@ -27,5 +28,6 @@ __all__ = [
     "decoding_traits",
     "float32_copy",
     "is_encoder_decoder",
+    "quantize",
     "read_structure",
 ]

@@ -40,7 +40,7 @@ def float32_copy(model):
     Returns:
         A `keras.Model` with the same weights, computing in float32.
     """
-    if all(layer.dtype_policy.name == "float32"
+    if all(layer.dtype_policy.name in ("float32", "int8_from_float32")
            for layer in model._flatten_layers(include_self=False)):
         return model
 
