@@ -30,6 +30,11 @@ float32's on the first 200 sentences.
 
 `--engines` picks a subset (names as printed), `--layout W,T` sets the
 package's own workers and threads (default 1,2 and 2,1: both are run).
+The package's int8 SavedModel (`keras_transformer.models.quantize`) runs
+too (`--no-int8`: not), and the int8/float32 speed-ups of the SavedModel
+and of CTranslate2 are printed. `--base-model` decodes a base-size model
+(d=512, 6+6 blocks) with random weights and the run's vocabularies instead,
+for speed only.
 """
 
 import argparse
@@ -255,18 +260,21 @@ def _batches(english, ids, tokens, size):
     return batches
 
 
-def _saved_models(run, workdir):
-    """The run's SavedModels, exported for greedy and for beam 4."""
+def _saved_models(run, workdir, quantization=None):
+    """The run's SavedModels, exported for greedy and for beam 4 (int8 weights
+    with `quantization="int8"`: `keras_transformer.models.quantize`)."""
     from keras_transformer.export import export_saved_model
     from keras_transformer.generation import DecodingConfig
     from keras_transformer.generation.translator import load_translator
 
     paths = {}
+    prefix = "savedmodel" if quantization is None else f"savedmodel-{quantization}"
+    extra = {} if quantization is None else {"quantization": quantization}
     for name, decoding in ((GREEDY, DecodingConfig()),
                            (BEAM, DecodingConfig("beam", beam_size=4))):
-        translator = load_translator(run, decoding=decoding)
-        paths[f"savedmodel-{name}"] = export_saved_model(
-            translator, os.path.join(workdir, f"saved_{name}"))
+        translator = load_translator(run, decoding=decoding, **extra)
+        paths[f"{prefix}-{name}"] = export_saved_model(
+            translator, os.path.join(workdir, f"{prefix}_{name}"))
     return paths, translator.model
 
 
@@ -288,6 +296,35 @@ def _export_before(args, workdir):
     return {f"{name}@before": path for name, path in paths.items()}
 
 
+def _base_model_run(run, directory):
+    """A run directory holding a base-size model with random weights and
+    `run`'s vocabularies and `max_length` (speed only: its output is noise)."""
+    import shutil
+
+    import keras
+
+    from keras_transformer.data import tokenizers as tk
+    from keras_transformer.models import TransformerConfig, build_transformer
+
+    with open(os.path.join(run, "config.json")) as handle:
+        config = json.load(handle)
+    sizes = {}
+    for side in ("source", "target"):
+        shutil.copytree(os.path.join(run, f"{side}_vocabulary"),
+                        os.path.join(directory, f"{side}_vocabulary"))
+        sizes[side] = tk.load_tokenizer(
+            os.path.join(run, f"{side}_vocabulary")).vocabulary_size()
+    keras.utils.set_random_seed(0)
+    base = TransformerConfig(
+        vocab_size=sizes["target"], source_vocab_size=sizes["source"],
+        max_length=config["max_length"], embed_dim=512, num_heads=8, ffn_dim=2048,
+        num_encoder_layers=6, num_decoder_layers=6, dropout=0.0)
+    build_transformer(base).save(os.path.join(directory, "best.keras"))
+    with open(os.path.join(directory, "config.json"), "w") as handle:
+        json.dump(base.to_dict(), handle)
+    return directory
+
+
 def _export(args, workdir, max_length):
     """SavedModels (greedy, beam 4) and CTranslate2 directories (float32, int8)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -295,6 +332,8 @@ def _export(args, workdir, max_length):
     from keras_transformer.export.ctranslate2 import to_ctranslate2
 
     paths, model = _saved_models(args.run, workdir)
+    if args.int8:
+        paths.update(_saved_models(args.run, workdir, "int8")[0])
     source = tk.load_tokenizer(os.path.join(args.run, "source_vocabulary"))
     target = tk.load_tokenizer(os.path.join(args.run, "target_vocabulary"))
     for quantization in ("float32", "int8"):
@@ -316,6 +355,9 @@ def _engines(args, paths, max_length):
             engines[f"savedmodel-text {suffix}"] = SavedModelEngine(
                 saved, "serving_default", workers, threads)
             engines[f"iddecoder {suffix}"] = IdDecoderEngine(args.run, strategy, workers, threads)
+            if f"savedmodel-int8-{strategy}" in paths:
+                engines[f"savedmodel-int8-ids {suffix}"] = SavedModelEngine(
+                    paths[f"savedmodel-int8-{strategy}"], "translate_ids", workers, threads)
         for quantization, workers, threads in (("float32", 1, 2), ("float32", 2, 1),
                                                ("int8", 2, 1)):
             engines[f"ct2-{quantization} {strategy} {workers}x{threads}"] = CTranslate2Engine(
@@ -356,8 +398,17 @@ def main(argv=None):
     parser.add_argument("--before", metavar="CHECKOUT",
                         help="also run the package's rows with the keras_transformer of "
                              "another checkout (a before/after comparison in one run)")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the package's int8 SavedModel "
+                             "(keras_transformer.models.quantize)")
+    parser.add_argument("--base-model", action="store_true",
+                        help="decode a base-size model instead (d=512, 8 heads, FFN 2048, "
+                             "6+6 blocks, random weights: for speed only) with the run's "
+                             "vocabularies")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
+    if args.base_model:
+        args.run = _base_model_run(args.run, tempfile.mkdtemp(prefix="decode_engines_base_"))
 
     with open(os.path.join(args.run, "config.json")) as handle:
         config = json.load(handle)
@@ -426,6 +477,17 @@ def main(argv=None):
         share = _same(rows_out[:200], reference[:200], target_vocabulary)
         print(f"fidelity: {name} equals CTranslate2 float32 greedy on {share:.1%} of the "
               f"first {min(200, len(reference))} sentences")
+    for strategy in (GREEDY, BEAM):  # int8 over float32, each engine's best layout
+        def best(prefix):
+            return max((row["sentences_per_s"] for name, row in rows.items()
+                        if name.startswith(prefix + " ") and f" {strategy} " in name),
+                       default=None)
+        pairs = (("SavedModel", "savedmodel-int8-ids", "savedmodel-ids"),
+                 ("CTranslate2", "ct2-int8", "ct2-float32"))
+        ratios = [f"{label} {best(a) / best(b):.2f}×" for label, a, b in pairs
+                  if best(a) and best(b)]
+        if ratios:
+            print(f"int8 over float32, {strategy}: {', '.join(ratios)}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"cpu": _cpu(), "rows": rows}, handle, indent=1)

@@ -10,7 +10,12 @@ settings can be compared through what they ship:
         --data ../shared/data/spa-eng.zip --seed 0
 
 It prints BLEU and chrF (sacrebleu, lowercased, as the recipe) and the exact
-matches.
+matches. `--skip 500 --sentences 1500` scores 1,500 sentences that the
+recipe's checkpoint choice never read. A CTranslate2 directory
+(`export --format ctranslate2`) is scored the same way.
+
+    python benchmarks/score_translator.py saved_models/translator_int8/1 \\
+        --data ../shared/data/spa-eng.zip --skip 500 --sentences 1500
 """
 
 import argparse
@@ -18,6 +23,7 @@ import argparse
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.export.server import load_model
 from keras_transformer.generation import evaluation
 from keras_transformer.recipes import translation
 
@@ -28,13 +34,15 @@ def main(argv=None):
     parser.add_argument("--data", help="the recipe's --data (default: the built-in corpus)")
     parser.add_argument("--seed", type=int, default=0, help="the recipe's --seed")
     parser.add_argument("--sentences", type=int, default=500)
+    parser.add_argument("--skip", type=int, default=0,
+                        help="start after this many held-out sentences")
     args = parser.parse_args(argv)
 
     recipe_args = translation.add_arguments(argparse.ArgumentParser()).parse_args(
         (["--data", args.data] if args.data else []) + ["--seed", str(args.seed)])
     _, held_out = translation.split(translation.read_pairs(recipe_args), 0.1, args.seed)
-    sample = held_out[: args.sentences]
-    served = tf.saved_model.load(args.saved_model).signatures["serving_default"]
+    sample = held_out[args.skip : args.skip + args.sentences]
+    served = load_model(args.saved_model).signatures["serving_default"]
     hypotheses = evaluation.translate_all(
         lambda batch: [t.decode("utf-8") for t in
                        served(text=tf.constant(batch))["translation"].numpy()],
@@ -42,7 +50,8 @@ def main(argv=None):
     references = [spanish for _, spanish in sample]
     quality = evaluation.score(hypotheses, references, lowercase=True)
     exact = np.mean([h == r.lower() for h, r in zip(hypotheses, references)])
-    print(f"{args.saved_model} on {len(sample)} held-out sentences (seed {args.seed}): "
+    print(f"{args.saved_model} on {len(sample)} held-out sentences from {args.skip} "
+          f"(seed {args.seed}): "
           f"BLEU {quality['bleu']:.2f}, chrF {quality['chrf']:.2f}, exact match {exact:.1%}")
 
 
