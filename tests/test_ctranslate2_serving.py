@@ -114,5 +114,14 @@ def test_export_format_ctranslate2_then_translate_through_the_command(translator
     cli.main(["translate", str(saved / "ct2"), *TEXTS[:2]])
     assert capsys.readouterr().out.splitlines() == _strings(
         translator.translate(tf.constant(TEXTS[:2]))["translation"])
-    with pytest.raises(SystemExit, match="SavedModel is not implemented yet"):
-        cli.main(["export", str(run_dir), "--saved-models", str(saved), "--quantize", "int8"])
+    # CTranslate2's own int8: the float32 weights quantized by the engine.
+    assert cli.main(["export", str(run_dir), "--name", "ct2", "--saved-models", str(saved),
+                     "--format", "ctranslate2", "--quantize", "int8"]) == 0
+    with open(saved / "ct2" / "2" / "serving_config.json") as handle:
+        assert json.load(handle)["quantization"] == "int8"
+    from keras_transformer.models import quantize
+
+    with pytest.raises(ValueError, match="has int8 layers"):
+        export_ctranslate2(type(translator)(
+            quantize(keras.models.clone_model(translator.model)), translator.source_tokenizer,
+            translator.target_tokenizer, max_length=16), str(tmp_path / "refused"))

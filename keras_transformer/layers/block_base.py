@@ -188,13 +188,13 @@ class TransformerBlockBase(keras.layers.Layer):
 
     def _quantization_config(self):
         """The mode the attention projections have (the FFN's must agree)."""
-        if not self.built:
-            return self.quantization
-        layers = [self._self_attention]
-        if getattr(self, "_cross_attention", None) is not None:
-            layers.append(self._cross_attention)
-        if isinstance(self._feedforward, PositionwiseFFN):
+        layers = [getattr(self, "_self_attention", None),
+                  getattr(self, "_cross_attention", None)]
+        if isinstance(getattr(self, "_feedforward", None), PositionwiseFFN):
             layers.append(self._feedforward)
+        layers = [layer for layer in layers if layer is not None]
+        if not layers:
+            return self.quantization
         modes = {layer.get_config()["quantization"] for layer in layers}
         if len(modes) != 1:
             raise ValueError(f"Block '{self.name}' has sub-layers quantized differently "

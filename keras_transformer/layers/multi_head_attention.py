@@ -447,7 +447,8 @@ class MultiHeadAttention(keras.layers.Layer):
         return config
 
     def _projections(self):
-        return [self._query_dense, self._key_dense, self._value_dense, self._output_dense]
+        return [getattr(self, name, None) for name in
+                ("_query_dense", "_key_dense", "_value_dense", "_output_dense")]
 
 
 def _group_queries(query_heads, query_mask, attention_mask, sources, keys):

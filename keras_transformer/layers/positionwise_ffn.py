@@ -129,5 +129,5 @@ class PositionwiseFFN(keras.layers.Layer):
         return config
 
     def _projections(self):
-        gate = [self._gate_dense] if self.gated else []
-        return [self._inner_dense, *gate, self._output_dense]
+        names = ("_inner_dense", "_gate_dense", "_output_dense")
+        return [getattr(self, name, None) for name in names]

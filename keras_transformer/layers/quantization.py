@@ -34,8 +34,10 @@ def projection_policy(layer, quantization):
 
 
 def mode_of(layer, projections):
-    """The quantization of built `projections` (None, or their one shared mode)."""
-    if not layer.built:
+    """The quantization of `projections` (None, or their one shared mode);
+    `layer.quantization` while they are not made yet (None entries)."""
+    projections = [projection for projection in projections if projection is not None]
+    if not projections:
         return layer.quantization
     modes = {projection.quantization_mode for projection in projections}
     if len(modes) != 1:
