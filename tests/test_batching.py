@@ -18,8 +18,10 @@ class FakeModel:
         self.batches, self.delay = [], delay
         self.release = threading.Event()
         self.release.set()
+        self.entered = threading.Event()  # a call has started
 
     def __call__(self, key, values):
+        self.entered.set()
         self.release.wait()
         time.sleep(self.delay)
         self.batches.append(len(values))
@@ -94,14 +96,22 @@ def test_a_full_queue_refuses_at_once_and_the_rest_is_answered():
     batcher = Batcher(model, max_batch_size=2, batch_timeout_micros=0, max_queued_instances=3)
     key = ("serving_default", "text", ())
     waiting = [threading.Thread(target=batcher.submit, args=(key, [f"x{i}"])) for i in range(5)]
-    for thread in waiting:
-        thread.start()
-    time.sleep(0.3)  # one batch of 2 taken by the worker, 3 queued
-    started = time.monotonic()
-    with pytest.raises(QueueFull, match="limit is 3"):
-        batcher.submit(key, ["one too many"])
-    assert time.monotonic() - started < 1.0
-    model.release.set()
+    try:
+        waiting[0].start()  # taken by the worker, which the model then holds
+        assert model.entered.wait(timeout=10)
+        for thread in waiting[1:4]:  # 3 queued: the limit
+            thread.start()
+        deadline = time.monotonic() + 10
+        while batcher._queued_instances < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher._queued_instances == 3
+        started = time.monotonic()
+        with pytest.raises(QueueFull, match="limit is 3"):
+            batcher.submit(key, ["one too many"])
+        assert time.monotonic() - started < 1.0
+    finally:
+        model.release.set()  # never leave the test waiting on a held model
+    waiting[4].start()
     for thread in waiting:
         thread.join(timeout=10)
     assert not any(thread.is_alive() for thread in waiting)
