@@ -49,8 +49,7 @@ larger than one expert's (64 MB each at 64 experts), so that cost grows with
 the number of experts. `--allocator bfc` sets TensorFlow's
 `TF_CPU_ALLOCATOR_USE_BFC=true` (a pooling allocator that keeps freed memory)
 in the timed processes, to show the layer without it.
-`benchmarks/weight_gradient_dot.py` times the weight-gradient matmul alone
-with either allocator.
+docs/moe.md gives the weight-gradient matmul alone with either allocator.
 
     python benchmarks/moe_scaling.py                       # ~11 minutes on 2 cores
     python benchmarks/moe_scaling.py --allocator bfc

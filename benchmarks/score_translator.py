@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer.export.server import load_model
-from keras_transformer.generation import evaluation
+from keras_transformer.evaluation import quality as evaluation
 from keras_transformer.recipes import translation
 
 

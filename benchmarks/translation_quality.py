@@ -33,7 +33,8 @@ import tensorflow as tf  # noqa: E402
 
 from keras_transformer.data import datasets, pipelines  # noqa: E402
 from keras_transformer.data import tokenizers as tk  # noqa: E402
-from keras_transformer.generation import Translator, evaluation, greedy_translate  # noqa: E402
+from keras_transformer.evaluation import quality as evaluation  # noqa: E402
+from keras_transformer.generation import Translator, greedy_translate  # noqa: E402
 from keras_transformer.models import TransformerConfig, build_transformer  # noqa: E402
 from keras_transformer.training import (  # noqa: E402
     MaskedAccuracy,

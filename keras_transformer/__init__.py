@@ -1,15 +1,5 @@
 """keras_transformer: reusable Keras 3 layers for the Transformer."""
 
-import os as _os
-import sys as _sys
-
-if _sys.argv and _os.path.basename(_sys.argv[0]) == "keras-transformer":
-    # The command line: TensorFlow's start-up notices filtered out (`--verbose`
-    # keeps them); this runs before Keras imports TensorFlow.
-    from keras_transformer._console import quiet_tensorflow
-
-    quiet_tensorflow(verbose="--verbose" in _sys.argv)
-
 from keras_transformer.layers import (
     DecoderBlock,
     EncoderBlock,

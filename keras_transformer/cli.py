@@ -105,7 +105,7 @@ def _serve(args):
 
 
 def _evaluate(args):
-    from keras_transformer.generation import evaluation
+    from keras_transformer.evaluation import quality as evaluation
 
     sources, references = evaluation.read_tsv(args.tsv)
     if args.limit:
@@ -219,9 +219,6 @@ def build_parser():
 def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     argv = sys.argv[1:] if argv is None else list(argv)
-    from keras_transformer._console import quiet_tensorflow
-
-    quiet_tensorflow(verbose="--verbose" in argv)
     args = build_parser().parse_args(argv)
     result = args.run(args)
     return 0 if result is not None else 1

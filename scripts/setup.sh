@@ -21,7 +21,9 @@ if [ ! -f "$stamp" ]; then
     # project holds on the package index): remove that install, if any.
     .venv/bin/python -m pip uninstall --quiet --yes keras-transformer 2>/dev/null || true
     rm -rf keras_transformer.egg-info
-    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    # PYTHONWARNINGS: setuptools' editable build prints an "Editable
+    # installation" notice box (a warning, not an error) even under --quiet.
+    PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e ".[dev]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -1,9 +1,9 @@
 """The few backend-specific operations the layer tests need, for every backend.
 
-The layer tests run under TensorFlow (the default) and, in CI, under JAX
-(`KERAS_BACKEND=jax`); they run under PyTorch too (docs/backends.md). Tests
-that exercise a TensorFlow-only feature (tf.data, SavedModel export, the
-tokenizers) are marked with `tensorflow_only`.
+The backend-neutral tests (`pytestmark = pytest.mark.backend_neutral`) run
+under TensorFlow (the default) and, in CI, under JAX (`KERAS_BACKEND=jax`);
+they run under PyTorch too (docs/backends.md). tests/conftest.py decides what
+runs under which backend.
 """
 
 import keras
@@ -12,9 +12,9 @@ import pytest
 
 BACKEND = keras.backend.backend()
 
-tensorflow_only = pytest.mark.skipif(
-    BACKEND != "tensorflow", reason="a TensorFlow-only feature (tf.data, SavedModel, tf.function)"
-)
+# A TensorFlow-only test inside a backend-neutral module (tests/conftest.py
+# skips it under the other backends).
+tensorflow_only = pytest.mark.tensorflow_only
 
 
 def gradients(loss_fn, variables, inputs=(), compile=False):

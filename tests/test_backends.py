@@ -27,6 +27,9 @@ from keras_transformer.models import TransformerConfig, build_causal_lm, build_t
 from keras_transformer.training import MaskedSparseCategoricalCrossentropy
 from tests.backend import BACKEND, tensorflow_only
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTH = 12
 

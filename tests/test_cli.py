@@ -40,7 +40,17 @@ def test_console_script_is_installed():
     from importlib.metadata import entry_points
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "keras-transformer"]
-    assert script.value == "keras_transformer.cli:main"
+    assert script.value == "keras_transformer_console:main"
+
+
+def test_the_entry_point_imports_neither_the_package_nor_tensorflow():
+    # It quiets TensorFlow before the package's `__init__` imports Keras (and so
+    # TensorFlow); `test_the_command_prints_no_tensorflow_start_up_noise` runs it.
+    check = ("import sys, keras_transformer_console; "
+             "print(sorted({'keras_transformer', 'tensorflow', 'keras'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_train_export_translate_evaluate_through_the_command(tmp_path, capsys):
@@ -145,7 +155,7 @@ def test_the_command_prints_no_tensorflow_start_up_noise(tmp_path):
     import shutil
 
     from keras_transformer.export import export_saved_model
-    from tests.test_export import make_translator
+    from tests.helpers import make_translator
 
     export_saved_model(make_translator(), str(tmp_path / "quiet"))
     command = shutil.which("keras-transformer", path=os.path.dirname(sys.executable))

@@ -6,7 +6,6 @@ import pytest
 
 from keras_transformer.generation import DecodingConfig, IdDecoder
 from keras_transformer.models import TransformerConfig, build_causal_lm, build_transformer
-from tests.backend import tensorflow_only
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 from keras_transformer.export.ctranslate2 import (  # noqa: E402
@@ -15,7 +14,6 @@ from keras_transformer.export.ctranslate2 import (  # noqa: E402
     translate_options,
 )
 
-pytestmark = tensorflow_only
 V, L = 40, 16
 VOCABULARY = ["[PAD]", "[UNK]", "[START]", "[END]"] + [f"w{i}" for i in range(4, V)]
 

@@ -12,14 +12,12 @@ from keras_transformer.data import generate_pairs
 from keras_transformer.data import tokenizers as tk
 from keras_transformer.generation import DecodingConfig, TextGenerator, Translator
 from keras_transformer.models import TransformerConfig, build_causal_lm, build_transformer
-from tests.backend import tensorflow_only
 
 pytest.importorskip("ctranslate2")
 from keras_transformer.export import export_ctranslate2  # noqa: E402
 from keras_transformer.export.ctranslate2_serving import CTranslate2Model  # noqa: E402
 from keras_transformer.export.server import ModelServer  # noqa: E402
 
-pytestmark = tensorflow_only
 TEXTS = ["twenty-one books", "¿Dónde está el niño?", "", "seven plus five is twelve " * 40]
 
 

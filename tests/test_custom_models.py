@@ -7,20 +7,14 @@ three decoder blocks, pre-LN with final norms, learned positions, an untied
 cached-decoding protocol by hand.
 """
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
-import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
 
 from keras_transformer import DecoderBlock, EncoderBlock, PositionalEmbedding
+from keras_transformer._keras_compat import all_layers
 from keras_transformer.data import generate_pairs
 from keras_transformer.data import tokenizers as tk
 from keras_transformer.export import export_saved_model
@@ -32,8 +26,7 @@ from keras_transformer.generation import (
     greedy_translate,
 )
 from keras_transformer.models import read_structure
-from tests.test_export import site_packages_without_keras
-from tests.test_server import request
+from tests.helpers import character_tokenizer, check_export_and_serve
 
 MAX_LENGTH = 16
 TEXTS = ["twenty-one books", "seven plus five is twelve", "", "I have three hundred trees."]
@@ -86,11 +79,6 @@ def translator(tokenizers):
     keras.utils.set_random_seed(3)
     model = user_translation_model(source.vocabulary_size(), target.vocabulary_size())
     return Translator(model, source, target, max_length=MAX_LENGTH)
-
-
-def character_tokenizer():
-    return keras_hub.tokenizers.UnicodeCodepointTokenizer(
-        vocabulary_size=128, replacement_char=127, lowercase=False)
 
 
 @pytest.fixture(scope="module")
@@ -157,65 +145,6 @@ def test_cached_greedy_of_a_user_language_model_equals_the_full_pass(generator):
     prompts = tf.constant(PROMPTS)
     np.testing.assert_array_equal(beam.generate_text(prompts)["token_ids"].numpy(),
                                   generator.generate_text(prompts)["token_ids"].numpy())
-
-
-def run_with_tensorflow_only(script, tmp_path):
-    """Runs `script` in a fresh interpreter without keras-hub or keras_transformer."""
-    os.makedirs(tmp_path, exist_ok=True)
-    packages = site_packages_without_keras(str(tmp_path))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": packages}
-    result = subprocess.run([sys.executable, "-S", "-c", textwrap.dedent(script)],
-                            capture_output=True, text=True, timeout=300, env=env, cwd="/")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-FRESH = """
-    import json, sys
-    import tensorflow as tf
-    import tensorflow_text  # the tokenizer ops in the graph
-    served = tf.saved_model.load({path!r})
-    out = served.signatures["serving_default"]({name}=tf.constant({texts!r}))
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("keras_hub", "keras_transformer"))
-    print(json.dumps({{"text": [t.decode("utf-8") for t in out[{key!r}].numpy()],
-                       "loaded": loaded}}))
-"""
-
-
-def serve_once(base, body):
-    """One real HTTP request to a server over the newest version in `base`."""
-    import threading
-    from http.server import ThreadingHTTPServer
-
-    from keras_transformer.export.server import ModelServer, make_handler
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(ModelServer(base)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        name = os.path.basename(base)
-        return request(f"http://127.0.0.1:{httpd.server_address[1]}/v1/models/{name}:predict",
-                       body)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def check_export_and_serve(module, texts, input_name, output_key, tmp_path):
-    """The SavedModel, in a fresh TensorFlow-only process and behind the server,
-    answers exactly what `module` answers in process."""
-    base = str(tmp_path / "saved" / "mine")
-    path = export_saved_model(module, base)
-    in_process = module.serving_signatures()["serving_default"](
-        **{input_name: tf.constant(texts)})
-    expected = [t.decode("utf-8") for t in in_process[output_key].numpy()]
-    served = run_with_tensorflow_only(
-        FRESH.format(path=path, name=input_name, texts=texts, key=output_key),
-        tmp_path / "site")
-    assert served == {"text": expected, "loaded": []}
-    status, answer = serve_once(base, {"instances": texts})
-    assert status == 200
-    assert [row[output_key] for row in answer["predictions"]] == expected
 
 
 def test_a_user_translation_model_exports_and_serves(translator, tmp_path):
@@ -346,7 +275,7 @@ def test_float32_copy_of_a_user_model_trained_in_bfloat16():
     reference.set_weights(mixed.get_weights())
 
     def policies(model):
-        return {layer.dtype_policy.name for layer in model._flatten_layers()}
+        return {layer.dtype_policy.name for layer in all_layers(model)}
 
     assert "mixed_bfloat16" in policies(mixed) and policies(copy) == {"float32"}
     rng = np.random.default_rng(0)
@@ -388,7 +317,7 @@ def test_float32_copy_looks_into_a_float32_layer_with_a_bfloat16_sublayer():
         "float32", "mixed_bfloat16")
     copy = float32_copy(mixed)
     assert copy is not mixed
-    assert {layer.dtype_policy.name for layer in copy._flatten_layers()} == {"float32"}
+    assert {layer.dtype_policy.name for layer in all_layers(copy)} == {"float32"}
     x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
     expected = np.tanh(x @ mixed.get_weights()[0] + mixed.get_weights()[1])
     np.testing.assert_allclose(ops.convert_to_numpy(copy(x)), expected, rtol=1e-5, atol=1e-6)

@@ -9,6 +9,9 @@ from tests import backend
 from tests.layer_checks import run_layer_checks
 from tests.reference_blocks import hub_decoder_like
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 B, T, S, D = 2, 5, 7, 16
 rng = np.random.default_rng(0)
 TARGET = rng.normal(size=(B, T, D)).astype("float32")

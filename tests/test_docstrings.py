@@ -12,6 +12,7 @@ MODULES = [
     "keras_transformer.layers.positionwise_ffn",
     "keras_transformer.layers.encoder_block",
     "keras_transformer.layers.decoder_block",
+    "keras_transformer.layers.block_options",
     "keras_transformer.layers.moe",
     "keras_transformer.layers.moe_routing",
     "keras_transformer.training.metrics",

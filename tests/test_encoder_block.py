@@ -8,6 +8,9 @@ from keras_transformer import EncoderBlock
 from tests.layer_checks import run_layer_checks
 from tests.reference_blocks import hub_encoder_like
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 B, T, D = 2, 6, 16
 X = np.random.default_rng(0).normal(size=(B, T, D)).astype("float32")
 MASK = np.array([[True] * T, [True] * 4 + [False] * 2])

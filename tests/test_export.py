@@ -15,31 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transformer.data import generate_pairs
 from keras_transformer.data import tokenizers as tk
 from keras_transformer.export import export_saved_model, versions
 from keras_transformer.generation import Translator, greedy_translate
-from keras_transformer.models import TransformerConfig, build_transformer
+from tests.helpers import site_packages_without_keras
 
 TEXTS = ["twenty-one books", "¿Dónde está el niño?", "", "seven plus five is twelve " * 40]
-
-
-def make_translator():
-    pairs = generate_pairs(300, seed=0)
-    source = tk.train_wordpiece([en for en, _ in pairs], 200)
-    target = tk.train_wordpiece([es for _, es in pairs], 200)
-    tf.random.set_seed(0)
-    config = TransformerConfig(
-        vocab_size=target.vocabulary_size(), source_vocab_size=source.vocabulary_size(),
-        max_length=16, embed_dim=32, num_heads=2, ffn_dim=64, num_encoder_layers=1,
-        num_decoder_layers=1, dropout=0.0,
-    )
-    return Translator(build_transformer(config), source, target, max_length=16, beam_size=2)
-
-
-@pytest.fixture(scope="module")
-def translator():
-    return make_translator()
 
 
 @pytest.fixture(scope="module")
@@ -79,25 +60,6 @@ def test_export_layout_assets_and_signatures(exported):
                      "['token_ids'] tensor_info", "['scores'] tensor_info",
                      "['source_ids'] tensor_info"):
         assert expected in shown.stdout, expected
-
-
-def site_packages_without_keras(directory):
-    """A copy (symlinks) of this interpreter's site-packages without
-    keras-hub, keras-nlp, tf-keras or keras_transformer: what a machine with
-    only `pip install tensorflow tensorflow-text` has. (Keras itself stays:
-    the tensorflow wheel depends on it and tensorflow_text imports it.)"""
-    import site
-
-    hidden = ("keras_hub", "keras_nlp", "tf_keras", "keras_transformer", "__editable__")
-    for source in site.getsitepackages():
-        for name in os.listdir(source):
-            root = name.split("-")[0].split(".")[0].lower()
-            if root.startswith(hidden) or name.endswith(".pth"):
-                continue
-            target = os.path.join(directory, name)
-            if not os.path.exists(target):
-                os.symlink(os.path.join(source, name), target)
-    return directory
 
 
 def test_fresh_process_with_tensorflow_only_returns_the_same(translator, exported, tmp_path):
@@ -166,7 +128,7 @@ def test_versions_count_up_and_a_failed_export_leaves_nothing(translator, export
 EXPORT = textwrap.dedent(
     """
     import sys
-    from tests.test_export import make_translator
+    from tests.helpers import make_translator
     from keras_transformer.export import export_saved_model
     translator = make_translator()
     print("exporting", flush=True)
@@ -279,7 +241,7 @@ def test_a_real_full_disk_fails_cleanly_and_keeps_the_previous_version(translato
 
 
 def test_attention_weights_and_pictures(translator, tmp_path):
-    from keras_transformer.generation import plots
+    from keras_transformer.evaluation import plots
 
     source, output, weights = plots.cross_attention(translator, "twenty-one books")
     assert weights.shape == (2, len(output), len(source))

@@ -4,6 +4,9 @@ from keras import ops
 
 from keras_transformer.layers import masks
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 
 def _np(x):
     return ops.convert_to_numpy(x)

@@ -17,6 +17,9 @@ from keras_transformer.training import (
     transformer_optimizer,
 )
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 TINY = dict(vocab_size=30, source_vocab_size=25, max_length=16, embed_dim=16, num_heads=2,
             ffn_dim=32, num_encoder_layers=2, num_decoder_layers=2, dropout=0.1)
 rng = np.random.default_rng(0)

@@ -21,6 +21,9 @@ from keras_transformer.models import TransformerConfig, build_causal_lm
 from tests.backend import tensorflow_only
 from tests.layer_checks import run_layer_checks
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 rng = np.random.default_rng(0)
 B, T, S, D = 2, 7, 5, 16
 
@@ -179,7 +182,7 @@ def test_a_mixtral_shaped_decoder_is_causal_caches_and_reloads(tmp_path):
 @tensorflow_only
 def test_a_mixtral_shaped_decoder_exports_and_serves(tmp_path):
     from keras_transformer.generation import DecodingConfig, TextGenerator
-    from tests.test_custom_models import check_export_and_serve, character_tokenizer
+    from tests.helpers import check_export_and_serve, character_tokenizer
 
     keras.utils.set_random_seed(1)
     model = build_causal_lm(TransformerConfig(**dict(MIXTRAL_LIKE, vocab_size=128)))

@@ -16,6 +16,9 @@ from keras_transformer import (
 from tests.backend import BACKEND, gradients, tensorflow_only
 from tests.layer_checks import run_layer_checks
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 B, T, D, E, F = 2, 6, 8, 4, 16
 X = np.random.default_rng(0).normal(size=(B, T, D)).astype("float32")
 MASK = np.array([[True] * T, [True] * 4 + [False] * 2])

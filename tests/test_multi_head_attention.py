@@ -8,6 +8,9 @@ from keras_transformer import MultiHeadAttention
 from tests.backend import BACKEND, compiled, gradients
 from tests.layer_checks import run_layer_checks
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 B, T, S, D, N = 2, 5, 7, 16, 4
 
 

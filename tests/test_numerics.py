@@ -9,6 +9,9 @@ from keras_transformer.data import tokenizers as tk
 from keras_transformer.models import TransformerConfig, build_transformer
 from keras_transformer.training import AtomicBackupAndRestore, MaskedSparseCategoricalCrossentropy
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 
 @pytest.fixture(scope="module")
 def corpus():

@@ -95,7 +95,7 @@ def test_language_model_windows_are_shifted_by_one():
 
 def test_pipelines_shard_by_data_with_autotuning_off(tokenizer):
     # Autotuning on made `fit` stall up to 20 s an epoch when it destroyed the
-    # previous epoch's iterator (benchmarks/epoch_stall.py); the options must
+    # previous epoch's iterator (docs/benchmarks.md, "Stalls between epochs"); the options must
     # reach the dataset that `fit` iterates.
     translation = pipelines.translation_dataset(
         [("I have one book.", "Tengo un libro.")] * 4, tokenizer, tokenizer, shuffle_buffer=4

@@ -10,6 +10,9 @@ from keras_transformer import PositionalEmbedding
 from keras_transformer.layers.positional_embedding import sinusoidal_positions
 from tests.layer_checks import run_layer_checks
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 IDS = np.array([[5, 7, 9, 2, 0, 0], [1, 2, 3, 4, 5, 6]])
 
 

@@ -5,6 +5,9 @@ from keras import ops
 from keras_transformer import PositionwiseFFN
 from tests.layer_checks import run_layer_checks
 
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
+
 X = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
 
 

@@ -1,12 +1,16 @@
 """Property-based tests (hypothesis) of the mask and attention invariants."""
 
 import numpy as np
+import pytest
 from keras import ops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_transformer import MultiHeadAttention
 from keras_transformer.layers import masks
+
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6))  # B, T, S
 

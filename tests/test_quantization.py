@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_transformer._keras_compat import all_layers
 from keras_transformer.generation import IdDecoder
 from keras_transformer.layers import MultiHeadAttention, PositionalEmbedding, PositionwiseFFN
 from keras_transformer.models import (
@@ -17,6 +18,9 @@ from keras_transformer.models import (
 )
 from keras_transformer.models.precision import dtype_policy
 from tests.backend import tensorflow_only
+
+# Runs under every Keras backend (CI: TensorFlow, then JAX); see tests/conftest.py.
+pytestmark = pytest.mark.backend_neutral
 
 V, L = 60, 16
 SIZES = dict(vocab_size=V, max_length=L, embed_dim=32, num_heads=4, ffn_dim=64,
@@ -86,7 +90,7 @@ def test_a_quantized_model_is_int8_throughout_reloads_and_decodes(build, inputs,
     quantized = np.asarray(model(x))
     assert _relative_error(quantized, reference) < 0.05
     # Every projection and every token table is int8.
-    for layer in model._flatten_layers():
+    for layer in all_layers(model):
         if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
             assert layer.quantization_mode == "int8", layer.path
         if isinstance(layer, PositionalEmbedding):

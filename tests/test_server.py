@@ -4,19 +4,17 @@ import json
 import os
 import signal
 import threading
-import urllib.error
-import urllib.request
 
 import pytest
 import tensorflow as tf
 
 from keras_transformer.export import export_saved_model
 from keras_transformer.export.server import ModelHTTPServer, ModelServer, make_handler
-from tests.test_export import translator  # noqa: F401  (fixture)
+from tests.helpers import request
 
 
 @pytest.fixture(scope="module")
-def exported_base(translator, tmp_path_factory):  # noqa: F811
+def exported_base(translator, tmp_path_factory):
     base = tmp_path_factory.mktemp("serving") / "translator"
     export_saved_model(translator, str(base))
     return str(base)
@@ -37,26 +35,15 @@ def model_server(exported_base):
 
 
 @pytest.fixture(scope="module")
-def server(translator, model_server):  # noqa: F811
+def server(translator, model_server):
     httpd = start(model_server, max_body_bytes=1024 * 1024)
     yield f"http://127.0.0.1:{httpd.server_address[1]}", translator
     httpd.shutdown()
     httpd.server_close()
 
 
-def request(url, body=None, method=None):
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_row_and_columnar_formats_answer_like_the_translator(server):
-    url, translator = server  # noqa: F811
+    url, translator = server
     texts = ["twenty-one books", "¿Dónde está el niño?"]
     expected = [t.decode("utf-8") for t in
                 translator.translate(tf.constant(texts))["translation"].numpy()]
@@ -114,7 +101,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, path, body, c
     assert status == 200
 
 
-def test_a_corrupted_saved_model_gives_an_error_naming_it(tmp_path, translator):  # noqa: F811
+def test_a_corrupted_saved_model_gives_an_error_naming_it(tmp_path, translator):
     base = tmp_path / "broken"
     path = export_saved_model(translator, str(base))
     with open(os.path.join(path, "saved_model.pb"), "r+b") as handle:
@@ -201,7 +188,7 @@ def concurrent_requests(url, bodies):
     return results
 
 
-def test_256_concurrent_clients_all_get_their_own_answers(translator, exported_base):  # noqa: F811
+def test_256_concurrent_clients_all_get_their_own_answers(translator, exported_base):
     model = ModelServer(exported_base)
     httpd = start(model)
     texts = [f"{i} books and {i % 7} houses" for i in range(256)]

@@ -32,6 +32,7 @@ with supervised keys (`ted_hrlr_translate/pt_to_en`, `wmt14_translate/de-en`,
 import gzip
 import hashlib
 import io
+import logging
 import os
 import zipfile
 
@@ -83,7 +84,25 @@ class _LocalFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             config = tfds.core.BuilderConfig(
                 name=f"local_{file_digest(self._local_file)}",
                 description=f"prepared from the local file {self._local_file}")
-        super().__init__(config=config, **kwargs)
+        # TFDS logs "Using custom data configuration" for every configuration
+        # it does not list; a local file's is such a configuration by design.
+        notice = _DropRecords("Using custom data configuration")
+        logging.getLogger("absl").addFilter(notice)
+        try:
+            super().__init__(config=config, **kwargs)
+        finally:
+            logging.getLogger("absl").removeFilter(notice)
+
+
+class _DropRecords(logging.Filter):
+    """Drops the log records whose message starts with `prefix`."""
+
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.prefix)
 
 
 def read_spa_eng(path):

@@ -203,7 +203,7 @@ def _with_options(dataset):
       doubles) next woke: up to 20 s. `model.fit` destroys the training
       data's previous iterator at each epoch and the validation data's at
       each evaluation, so the translation recipe stalled 14–20 s in most
-      epochs of about 20 s of training (`benchmarks/epoch_stall.py`). Without
+      epochs of about 20 s of training (docs/benchmarks.md). Without
       autotuning, a map with `num_parallel_calls=AUTOTUNE` runs one call per
       core (at most 16), and `prefetch(AUTOTUNE)` still grows its buffer
       while the consumer waits.

@@ -29,7 +29,12 @@ from keras_transformer.data.special_tokens import (  # noqa: F401 (re-exported)
     UNK_ID,
 )
 
-keras_hub = require("keras_hub", "data", "The tokenizers")
+
+
+def _keras_hub():
+    # Checked on first use, so that importing this module never fails.
+    return require("keras_hub", "data", "The tokenizers")
+
 
 # "¿ dónde está ?" → "¿dónde está?"
 _SPACE_BEFORE = re.compile(r" ([.,;:!?)\]}»%])")
@@ -39,7 +44,7 @@ _SPACE_AFTER = re.compile(r"([¿¡(\[{«]) ")
 def train_wordpiece(texts, vocabulary_size, lowercase=True):
     """Trains a WordPiece vocabulary on `texts` (strings) and returns the tokenizer."""
     # A dataset, not a list: keras-hub reads a list of strings as file names.
-    vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
+    vocabulary = _keras_hub().tokenizers.compute_word_piece_vocabulary(
         tf.data.Dataset.from_tensor_slices(list(texts)).batch(1024),
         vocabulary_size,
         lowercase=lowercase,
@@ -51,7 +56,7 @@ def train_wordpiece(texts, vocabulary_size, lowercase=True):
 
 def wordpiece_tokenizer(vocabulary, lowercase=True):
     """A keras-hub `WordPieceTokenizer` over `vocabulary` (a list or a file)."""
-    return keras_hub.tokenizers.WordPieceTokenizer(
+    return _keras_hub().tokenizers.WordPieceTokenizer(
         vocabulary=vocabulary, lowercase=lowercase, strip_accents=False, oov_token="[UNK]"
     )
 
@@ -76,7 +81,7 @@ def train_bpe(texts, vocabulary_size):
 
 def bpe_tokenizer(vocabulary, merges):
     """A keras-hub `BytePairTokenizer` (vocabulary dict or file, merges list or file)."""
-    return keras_hub.tokenizers.BytePairTokenizer(
+    return _keras_hub().tokenizers.BytePairTokenizer(
         vocabulary=vocabulary, merges=merges, unsplittable_tokens=list(RESERVED_TOKENS)
     )
 
@@ -95,7 +100,7 @@ def decode(tokenizer, ids):
         row = [i for i in row if i >= len(RESERVED_TOKENS)]
         text = tokenizer.detokenize(np.array(row, "int32")) if row else ""
         text = text.numpy().decode("utf-8") if hasattr(text, "numpy") else str(text)
-        if isinstance(tokenizer, keras_hub.tokenizers.WordPieceTokenizer):
+        if isinstance(tokenizer, _keras_hub().tokenizers.WordPieceTokenizer):
             text = _SPACE_AFTER.sub(r"\1", _SPACE_BEFORE.sub(r"\1", text))
         texts.append(text)
     return texts
@@ -104,7 +109,7 @@ def decode(tokenizer, ids):
 def save_tokenizer(tokenizer, directory):
     """Writes the vocabulary files into `directory` (created if needed)."""
     os.makedirs(directory, exist_ok=True)
-    if isinstance(tokenizer, keras_hub.tokenizers.BytePairTokenizer):
+    if isinstance(tokenizer, _keras_hub().tokenizers.BytePairTokenizer):
         with open(os.path.join(directory, "vocabulary.json"), "w", encoding="utf-8") as f:
             json.dump(dict(tokenizer.vocabulary), f, ensure_ascii=False)
         with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:

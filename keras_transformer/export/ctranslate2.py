@@ -37,6 +37,7 @@ import os
 import keras
 import numpy as np
 
+from keras_transformer._keras_compat import all_layers
 from keras_transformer._optional import require
 from keras_transformer.data.special_tokens import (
     END_ID,
@@ -165,7 +166,7 @@ def _stack_parts(stack, side):
 
 def _embedding_table(embedding):
     """The `(max_length, D)` position table the package adds, or None."""
-    if embedding.positions == "none":
+    if not embedding.adds_positions:
         return None
     if embedding.positions == "learned":
         return _array(embedding.position_embeddings)
@@ -247,12 +248,12 @@ def _check_final_norm(shared, norm, side):
 
 
 def _set_stack_embedding(stack_spec, embedding, rotary, side):
-    if rotary and embedding.positions != "none":
+    if rotary and embedding.adds_positions:
         raise ValueError(f"The {side} embedding '{embedding.name}' adds {embedding.positions} "
                          "positions and the blocks rotate by position too; CTranslate2 "
                          "takes one or the other.")
     _set_embeddings(stack_spec, embedding)
-    if not rotary and embedding.positions == "none":  # CTranslate2 always adds a table
+    if not rotary and not embedding.adds_positions:  # CTranslate2 always adds a table
         stack_spec.position_encodings.encodings = np.zeros(
             (embedding.max_length, embedding.embed_dim), "float32")
 
@@ -348,7 +349,7 @@ def decoder_spec(model):
 
 
 def _check_float(model):
-    quantized = [layer.name for layer in model._flatten_layers()
+    quantized = [layer.name for layer in all_layers(model)
                  if getattr(layer, "quantization", None) or layer.quantization_mode]
     if quantized:
         raise ValueError(f"Model '{model.name}' has int8 layers {quantized[:3]}: export the "

@@ -44,8 +44,6 @@ import tensorflow as tf
 from keras_transformer._optional import require
 from keras_transformer.export.batching import Batcher, QueueFull
 
-require("tensorflow_text", "serving", "The server (the tokenizer ops of the graph)")
-
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
 _STATUS = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?$")
 
@@ -71,7 +69,13 @@ def latest_version(base_dir):
 
 
 def load_saved_model(path):
-    """`tf.saved_model.load(path)`, with an error that names the file when it fails."""
+    """`tf.saved_model.load(path)`, with an error that names the file when it fails.
+
+    Imports tensorflow-text first (the `serving` extra): importing it registers
+    the tokenizer ops that the exported graphs call, without which loading fails.
+    """
+    require("tensorflow_text", "serving", "Loading an exported model (the tokenizer ops of "
+                                          "the graph)")
     try:
         return tf.saved_model.load(path)
     except (OSError, ValueError, tf.errors.OpError) as error:

@@ -9,10 +9,10 @@ TensorFlow, are imported on first use.
 step) that the cached searches are tested against.
 """
 
-from keras_transformer.generation.compiled import IdDecoder
+from keras_transformer.generation.id_decoder import IdDecoder
 from keras_transformer.generation.core import SearchCore
 from keras_transformer.generation.decoding import DecodingConfig
-from keras_transformer.generation.greedy import greedy_generate, greedy_translate
+from keras_transformer.generation.reference_decoders import greedy_generate, greedy_translate
 from keras_transformer.generation.search import (
     beam_search,
     filter_logits,

@@ -10,7 +10,7 @@ beam-search:
 
 `add_arguments(parser)` / `from_args(args)` give every command the same
 options (`--decoding`, `--beam-size`, `--length-penalty`, `--temperature`,
-`--top-k`, `--top-p`, `--seed`).
+`--top-k`, `--top-p`, `--decoding-seed`).
 """
 
 import argparse

@@ -1,39 +1,6 @@
-"""Translation quality: BLEU and chrF with sacrebleu, over a TSV of references."""
+"""Deprecated: moved to `keras_transformer.evaluation.quality`; this name keeps working."""
 
-from keras_transformer._optional import require
+from keras_transformer import _deprecation
+from keras_transformer.evaluation.quality import read_tsv, score, translate_all  # noqa: F401
 
-sacrebleu = require("sacrebleu", "eval", "BLEU and chrF")
-
-
-def read_tsv(path):
-    """`(sources, references)` from `source<TAB>reference[<TAB>...]` lines."""
-    sources, references = [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            columns = line.rstrip("\n").split("\t")
-            if not line.strip():
-                continue
-            if len(columns) < 2:
-                raise ValueError(f"{path}:{number}: expected source<TAB>reference. "
-                                 f"Received: {line.strip()[:80]!r}")
-            sources.append(columns[0])
-            references.append(columns[1])
-    return sources, references
-
-
-def score(hypotheses, references, lowercase=False):
-    """`{"bleu": ..., "chrf": ...}` (corpus level, sacrebleu's defaults, 0–100)."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references.")
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references], lowercase=lowercase)
-    chrf = sacrebleu.corpus_chrf(hypotheses, [references])
-    return {"bleu": bleu.score, "chrf": chrf.score, "sentences": len(hypotheses),
-            "signature": str(bleu.format(signature=True)).split(" = ")[0]}
-
-
-def translate_all(translate, sources, batch_size=64):
-    """Runs `translate(list of strings) → list of strings` over `sources` in batches."""
-    outputs = []
-    for start in range(0, len(sources), batch_size):
-        outputs.extend(translate(sources[start : start + batch_size]))
-    return outputs
+_deprecation.warn("keras_transformer.generation.evaluation", "keras_transformer.evaluation.quality")

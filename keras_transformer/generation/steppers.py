@@ -20,6 +20,7 @@ The stepper only calls the model's `encode`, `initial_cache` and
 import keras
 from keras import ops
 
+from keras_transformer import _deprecation
 from keras_transformer.models.cached_decoding import (
     cached_decoder,
     decoding_traits,
@@ -132,6 +133,9 @@ class EncoderDecoderStepper(Stepper):
 
     @property
     def decoder_blocks(self):
+        """Deprecated: the model's decoder blocks; use `read_structure(model).decoder.blocks`."""
+        _deprecation.warn("EncoderDecoderStepper.decoder_blocks",
+                          "keras_transformer.models.read_structure(model).decoder.blocks")
         return getattr(self.decoder, "decoder_blocks", [])
 
     def encode(self, source_ids):

@@ -17,6 +17,7 @@ tokens (documented truncation); an empty prompt is refused with a clear
 
 import tensorflow as tf
 
+from keras_transformer import _deprecation
 from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.steppers import model_variables
@@ -102,14 +103,20 @@ class TextGenerator(SearchFront, tf.Module):
 
     @property
     def temperature(self):
+        """Deprecated: the sampling temperature (0 unless sampling); use `decoding`."""
+        _deprecation.warn("TextGenerator.temperature", "TextGenerator.decoding.temperature")
         return self.decoding.temperature if self.decoding.strategy == "sample" else 0.0
 
     @property
     def top_k(self):
+        """Deprecated: use `decoding.top_k`."""
+        _deprecation.warn("TextGenerator.top_k", "TextGenerator.decoding.top_k")
         return self.decoding.top_k
 
     @property
     def top_p(self):
+        """Deprecated: use `decoding.top_p`."""
+        _deprecation.warn("TextGenerator.top_p", "TextGenerator.decoding.top_p")
         return self.decoding.top_p
 
     def _tokenize(self, prompt):

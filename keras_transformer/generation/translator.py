@@ -17,6 +17,7 @@ outputs.
 
 import tensorflow as tf
 
+from keras_transformer import _deprecation
 from keras_transformer._optional import require
 from keras_transformer.data.special_tokens import END_ID, RESERVED_TOKENS
 from keras_transformer.generation.core import SearchCore, SearchFront
@@ -130,11 +131,14 @@ class Translator(SearchFront, tf.Module):
 
     @property
     def beam_size(self):
-        """The beam size (1 unless decoding by beam search)."""
+        """Deprecated: the beam size (1 unless decoding by beam search); use `decoding`."""
+        _deprecation.warn("Translator.beam_size", "Translator.decoding.beam_size")
         return self.decoding.beam_size if self.decoding.strategy == "beam" else 1
 
     @property
     def alpha(self):
+        """Deprecated: the length penalty; use `decoding.length_penalty`."""
+        _deprecation.warn("Translator.alpha", "Translator.decoding.length_penalty")
         return self.decoding.length_penalty
 
     def tokenize(self, text):

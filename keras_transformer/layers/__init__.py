@@ -1,5 +1,6 @@
 """Keras 3 layers of the Transformer, written with `keras.ops`."""
 
+from keras_transformer.layers.block_options import BlockOptions
 from keras_transformer.layers.decoder_block import DecoderBlock
 from keras_transformer.layers.encoder_block import EncoderBlock
 from keras_transformer.layers.moe import MoE
@@ -11,6 +12,7 @@ from keras_transformer.layers.rms_normalization import RMSNormalization
 from keras_transformer.layers.routing_statistics import RoutingStatistics
 
 __all__ = [
+    "BlockOptions",
     "DecoderBlock",
     "EncoderBlock",
     "MoE",

@@ -4,11 +4,11 @@ import keras
 
 from keras_transformer.layers import activations as activations_lib
 from keras_transformer.layers import quantization as quantization_lib
+from keras_transformer.layers.block_options import BlockOptions
 from keras_transformer.layers.moe import MoE
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.positionwise_ffn import PositionwiseFFN
 from keras_transformer.layers.rms_normalization import RMSNormalization
-from keras_transformer.layers.validation import check_positive_int, check_rate
 
 
 class TransformerBlockBase(keras.layers.Layer):
@@ -32,14 +32,13 @@ class TransformerBlockBase(keras.layers.Layer):
     `"geglu"` (gated feed-forward networks and experts),
     `num_key_value_heads` (grouped-query attention, multi-query at 1) and
     `rotary=True` (rotary position embeddings in self-attention; pair it with
-    `PositionalEmbedding(positions="none")`).
+    `PositionalEmbedding(positions="rotary")`). The options, their allowed
+    values and their checks are `keras_transformer.layers.BlockOptions`.
 
     `quantization="int8"` builds the attention and feed-forward projections
     with int8 kernels (`keras_transformer.layers.quantization`); an `MoE`'s
     experts are not quantized.
     """
-
-    _NORMS = ("layer", "rms")
 
     def __init__(
         self,
@@ -61,38 +60,24 @@ class TransformerBlockBase(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.quantization = quantization_lib.check_mode(quantization)
-        if norm not in self._NORMS:
-            raise ValueError(f"`norm` must be one of {self._NORMS}. Received: norm={norm!r}")
-        if num_key_value_heads is not None and (
-            not isinstance(num_key_value_heads, int) or num_key_value_heads < 1
-            or num_heads % num_key_value_heads
-        ):
-            raise ValueError(
-                "`num_key_value_heads` must be None or a positive divisor of `num_heads`. "
-                f"Received: num_key_value_heads={num_key_value_heads!r}, num_heads={num_heads}"
-            )
-        self.norm = norm
-        self.num_key_value_heads = num_key_value_heads
-        self.rotary = bool(rotary)
-        if moe is not None and (not isinstance(moe, dict) or "num_experts" not in moe):
-            raise ValueError(
-                "`moe` must be None (a dense feed-forward network) or a dict of `MoE` "
-                "arguments with at least `num_experts`, e.g. "
-                f"{{'num_experts': 8, 'top_k': 2}}. Received: moe={moe!r}"
-            )
-        check_positive_int("num_heads", num_heads)
-        check_positive_int("ffn_dim", ffn_dim)
-        check_rate("dropout", dropout)
-        self.num_heads = num_heads
-        self.ffn_dim = ffn_dim
-        self.dropout = dropout
-        self.norm_first = norm_first
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self._gated, self.activation = activations_lib.resolve(activation)
+        # Every option is checked in one place, `BlockOptions`.
+        options = BlockOptions(
+            num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout, norm_first=norm_first,
+            norm=norm, layer_norm_epsilon=layer_norm_epsilon, activation=activation,
+            num_key_value_heads=num_key_value_heads, rotary=bool(rotary), moe=moe)
+        self.num_heads = options.num_heads
+        self.ffn_dim = options.ffn_dim
+        self.dropout = options.dropout
+        self.norm_first = options.norm_first
+        self.norm = options.norm
+        self.layer_norm_epsilon = options.layer_norm_epsilon
+        self._gated, self.activation = activations_lib.resolve(options.activation)
+        self.num_key_value_heads = options.num_key_value_heads
+        self.rotary = options.rotary
+        self.moe = None if moe is None else dict(moe)
         self.head_dim = head_dim
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.moe = None if moe is None else dict(moe)
         self.supports_masking = True
 
     def _check_sequence_shape(self, name, shape):

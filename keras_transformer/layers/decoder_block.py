@@ -50,7 +50,7 @@ class DecoderBlock(TransformerBlockBase):
             key/value head shared by `num_heads / num_key_value_heads` query
             heads; 1 = multi-query); the caches shrink by that factor.
         rotary: bool, rotary position embeddings in self-attention (use
-            `PositionalEmbedding(positions="none")` with it).
+            `PositionalEmbedding(positions="rotary")` with it).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:

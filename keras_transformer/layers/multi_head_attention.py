@@ -8,7 +8,12 @@ from keras import ops
 from keras_transformer.layers import masks as masks_lib
 from keras_transformer.layers import quantization as quantization_lib
 from keras_transformer.layers.rotary import apply_rotary
-from keras_transformer.layers.validation import check_floating, check_positive_int, check_rate
+from keras_transformer.layers.validation import (
+    check_floating,
+    check_key_value_heads,
+    check_positive_int,
+    check_rate,
+)
 
 # Added to the scores of masked keys (in float32) before the softmax. Finite, so
 # a row whose keys are all masked never turns into NaN.
@@ -134,13 +139,7 @@ class MultiHeadAttention(keras.layers.Layer):
         if head_dim is not None:
             check_positive_int("head_dim", head_dim)
         check_rate("dropout", dropout)
-        if num_key_value_heads is not None:
-            check_positive_int("num_key_value_heads", num_key_value_heads)
-            if num_heads % num_key_value_heads:
-                raise ValueError(
-                    "`num_heads` must be a multiple of `num_key_value_heads`. Received: "
-                    f"num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
-                )
+        check_key_value_heads(num_heads, num_key_value_heads)
         self.num_key_value_heads = num_key_value_heads
         self.rotary = bool(rotary)
         self.rotary_max_wavelength = rotary_max_wavelength

@@ -6,10 +6,14 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_transformer._keras_compat import tracking_unlocked
 from keras_transformer.layers import quantization as quantization_lib
+from keras_transformer.layers.block_options import POSITIONS
 from keras_transformer.layers.validation import check_positive_int, check_token_ids
 
-_POSITIONS = ("sinusoidal", "learned", "none")
+# A model's schemes (`block_options.POSITIONS`): with "rotary" the blocks rotate
+# queries and keys and nothing is added here. "none" is the older name of that.
+_POSITIONS = (*POSITIONS, "none")
 
 
 def sinusoidal_positions(positions, embed_dim):
@@ -47,8 +51,9 @@ class PositionalEmbedding(keras.layers.Layer):
             is known when the layer is called (eagerly, or symbolically with a
             fixed length). Learned positions cannot be looked up past it.
         embed_dim: int, width of the embeddings.
-        positions: `"sinusoidal"` (default), `"learned"`, or `"none"` (no
-            added positions: for blocks with rotary embeddings, `rotary=True`).
+        positions: `"sinusoidal"` (default), `"learned"`, or `"rotary"` (no
+            added positions: the blocks rotate queries and keys, `rotary=True`;
+            `"none"` is the same).
         scale: bool, whether to multiply the token embedding by √embed_dim.
         mask_zero: bool, whether token id 0 is padding and produces a mask.
         embeddings_initializer: initializer of the token (and learned
@@ -177,13 +182,17 @@ class PositionalEmbedding(keras.layers.Layer):
         largest = np.maximum(np.abs(table).max(axis=1), 1e-12)
         scale = (127.0 / largest).astype("float32")
         values = np.clip(np.round(table * scale[:, None]), -127, 127).astype("int8")
-        self._tracker.unlock()
-        del self.token_embeddings
-        self._build_int8_table()
-        self._tracker.lock()
+        with tracking_unlocked(self):
+            del self.token_embeddings
+            self._build_int8_table()
         self.token_embeddings.assign(values)
         self.token_embeddings_scale.assign(scale)
         self.quantization = "int8"
+
+    @property
+    def adds_positions(self):
+        """Whether the layer adds position encodings (False for `"rotary"`/`"none"`)."""
+        return self.positions in ("sinusoidal", "learned")
 
     def _token_rows(self, token_ids):
         rows = ops.take(self.token_embeddings, token_ids, axis=0)
@@ -220,7 +229,7 @@ class PositionalEmbedding(keras.layers.Layer):
         embeddings = self._token_rows(token_ids)  # [B, T, d]
         if self.scale:
             embeddings = embeddings * ops.cast(math.sqrt(self.embed_dim), embeddings.dtype)
-        if self.positions == "none":
+        if not self.adds_positions:
             return embeddings
         positions = ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(
             start_index, "int32"

@@ -15,6 +15,17 @@ def check_rate(name, value):
         raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value}")
 
 
+def check_key_value_heads(num_heads, num_key_value_heads):
+    """Raises a ValueError unless `num_key_value_heads` is None or divides `num_heads`."""
+    if num_key_value_heads is None:
+        return
+    if (not isinstance(num_key_value_heads, int) or isinstance(num_key_value_heads, bool)
+            or num_key_value_heads < 1 or num_heads % num_key_value_heads):
+        raise ValueError(
+            "`num_key_value_heads` must be None or a positive divisor of `num_heads`. "
+            f"Received: num_key_value_heads={num_key_value_heads!r}, num_heads={num_heads}")
+
+
 def check_floating(name, tensor):
     """Raises a TypeError unless `tensor` holds floating-point features.
 

@@ -121,26 +121,13 @@ def build_causal_lm(config, name="causal_lm"):
 
 
 def _embedding(config, vocab_size, name):
-    positions = "none" if config.positions == "rotary" else config.positions
     return PositionalEmbedding(
-        vocab_size, config.max_length, config.embed_dim, positions=positions, name=name
+        vocab_size, config.max_length, config.embed_dim, positions=config.positions, name=name
     )
 
 
 def _block_arguments(config, index):
-    use_moe = config.moe is not None and (index + 1) % config.moe_every == 0
-    return {
-        "num_heads": config.num_heads,
-        "ffn_dim": config.ffn_dim,
-        "dropout": config.dropout,
-        "norm_first": config.norm_first,
-        "layer_norm_epsilon": config.layer_norm_epsilon,
-        "activation": config.activation,
-        "moe": config.moe if use_moe else None,
-        "norm": config.norm,
-        "num_key_value_heads": config.num_key_value_heads,
-        "rotary": config.positions == "rotary",
-    }
+    return config.block_options(index).block_arguments()
 
 
 def _final_norm(config, name):

@@ -2,13 +2,19 @@
 
 import dataclasses
 
+from keras_transformer.layers.block_options import BlockOptions, check_positions
+from keras_transformer.layers.validation import check_positive_int
+
 
 @dataclasses.dataclass
 class TransformerConfig:
     """Sizes and choices of a Transformer; the defaults are the paper's base model.
 
     `build_transformer` reads all of it; `build_causal_lm` ignores the encoder
-    fields. `to_dict`/`from_dict` store it beside a trained model.
+    fields. `to_dict`/`from_dict` store it beside a trained model. The block
+    fields (heads, FFN, dropout, norms, activation, key/value heads, MoE) mean
+    and are checked as `keras_transformer.layers.BlockOptions` says;
+    `block_options(index)` gives one block's.
     """
 
     vocab_size: int = 8000  # target (decoder) vocabulary; also the source one if not set
@@ -24,7 +30,7 @@ class TransformerConfig:
     norm_first: bool = False  # post-LN as in the paper; pre-LN is steadier for deep stacks
     layer_norm_epsilon: float = 1e-5
     activation: str = "relu"  # max(0, xW₁+b₁)W₂+b₂; "gelu", or gated "swiglu" / "geglu"
-    positions: str = "sinusoidal"  # or "learned", or "rotary" (rotated queries/keys, none added)
+    positions: str = "sinusoidal"  # block_options.POSITIONS: or "learned", or "rotary"
     tie_embeddings: bool = True  # the paper shares the target embedding and the output projection
     moe: dict | None = None  # MoE arguments (e.g. {"num_experts": 8}) to replace the FFNs
     moe_every: int = 2  # with `moe`: every n-th block is MoE (Switch uses every other one)
@@ -32,29 +38,40 @@ class TransformerConfig:
     num_key_value_heads: int | None = None  # grouped-query attention (1: multi-query)
 
     def __post_init__(self):
+        check_positive_int("embed_dim", self.embed_dim)
+        check_positive_int("max_length", self.max_length)
+        check_positive_int("vocab_size", self.vocab_size)
+        check_positive_int("num_heads", self.num_heads)
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 "`embed_dim` must be divisible by `num_heads`. "
                 f"Received: embed_dim={self.embed_dim}, num_heads={self.num_heads}"
             )
-        if self.moe is not None and "num_experts" not in self.moe:
-            raise ValueError(f"`moe` needs at least `num_experts`. Received: moe={self.moe}")
         if self.shared_vocabulary and self.source_vocab_size not in (None, self.vocab_size):
             raise ValueError(
                 "A shared vocabulary has one size. Received: "
                 f"vocab_size={self.vocab_size}, source_vocab_size={self.source_vocab_size}"
             )
-        if self.positions not in ("sinusoidal", "learned", "rotary"):
-            raise ValueError("`positions` must be 'sinusoidal', 'learned' or 'rotary'. "
-                             f"Received: positions={self.positions!r}")
-        if self.num_key_value_heads is not None and (
-            self.num_key_value_heads < 1 or self.num_heads % self.num_key_value_heads
-        ):
-            raise ValueError(
-                "`num_key_value_heads` must divide `num_heads`. Received: "
-                f"num_key_value_heads={self.num_key_value_heads}, num_heads={self.num_heads}")
+        check_positions(self.positions)
         if self.moe_every < 1:
             raise ValueError(f"`moe_every` must be >= 1. Received: moe_every={self.moe_every}")
+        # The block fields are checked where the blocks check them.
+        self.block_options(self.moe_every - 1)
+
+    def block_options(self, index):
+        """The `BlockOptions` of block `index` (0-based) of either stack.
+
+        The same for every block, but for `moe`: with `moe` set, every
+        `moe_every`-th block (the 2nd, 4th, ... by default) is a mixture of
+        experts and the others are dense.
+        """
+        use_moe = self.moe is not None and (index + 1) % self.moe_every == 0
+        return BlockOptions(
+            num_heads=self.num_heads, ffn_dim=self.ffn_dim, dropout=self.dropout,
+            norm_first=self.norm_first, norm=self.norm,
+            layer_norm_epsilon=self.layer_norm_epsilon, activation=self.activation,
+            num_key_value_heads=self.num_key_value_heads, rotary=self.positions == "rotary",
+            moe=self.moe if use_moe else None)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -5,6 +5,8 @@ import contextlib
 
 import keras
 
+from keras_transformer._keras_compat import all_layers
+
 
 @contextlib.contextmanager
 def dtype_policy(name):
@@ -41,7 +43,7 @@ def float32_copy(model):
         A `keras.Model` with the same weights, computing in float32.
     """
     if all(layer.dtype_policy.name in ("float32", "int8_from_float32")
-           for layer in model._flatten_layers(include_self=False)):
+           for layer in all_layers(model, include_self=False)):
         return model
 
     def clone(layer):

@@ -21,6 +21,7 @@ The layers record the mode in their configuration
 
 import warnings
 
+from keras_transformer._keras_compat import all_layers
 from keras_transformer.layers import MoE
 from keras_transformer.layers.quantization import MODES
 
@@ -41,12 +42,12 @@ def quantize(model, mode="int8"):
     """
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
-    mixed = sorted({layer.dtype_policy.name for layer in model._flatten_layers()
+    mixed = sorted({layer.dtype_policy.name for layer in all_layers(model)
                     if layer.dtype_policy.name.startswith("mixed")})
     if mixed:
         raise ValueError(f"Model '{model.name}' computes under {mixed}; quantize its "
                          "float32 copy (`keras_transformer.models.float32_copy(model)`).")
-    experts = [layer.name for layer in model._flatten_layers() if isinstance(layer, MoE)]
+    experts = [layer.name for layer in all_layers(model) if isinstance(layer, MoE)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NOTHING_TO_QUANTIZE)
         model.quantize(mode)

@@ -13,32 +13,29 @@ import argparse
 import dataclasses
 import json
 
+from keras_transformer.layers.block_options import POSITIONS, command_line_fields
 from keras_transformer.models import TransformerConfig
 
-# (field, option strings, type, help); the help's default is the recipe's.
-_FIELDS = [
+# (field, option strings, type, help); the help's default is the recipe's. The
+# block options' flags come from `BlockOptions` (their help, type and choices);
+# the rest are the model's own fields.
+_MODEL_FIELDS = [
     ("num_encoder_layers", ["--encoder-layers"], int, "encoder blocks"),
     ("num_decoder_layers", ["--decoder-layers"], int, "decoder blocks"),
     ("embed_dim", ["--embed-dim"], int, "model width d_model"),
-    ("num_heads", ["--num-heads"], int, "attention heads (embed_dim must divide by it)"),
-    ("ffn_dim", ["--ffn-dim"], int, "inner width of the feed-forward networks "
-                                    "(default: 4 × embed_dim)"),
-    ("dropout", ["--dropout"], float, "dropout rate (residual, attention, embedding)"),
     ("max_length", ["--max-length"], int, "longest sequence in tokens (position encodings "
                                           "and the pipeline's cut)"),
-    ("norm_first", ["--norm-first"], argparse.BooleanOptionalAction,
-     "pre-LN blocks (--no-norm-first: post-LN, the paper's)"),
-    ("positions", ["--positions"], ("sinusoidal", "learned", "rotary"),
+    ("positions", ["--positions"], POSITIONS,
      "position encodings (rotary: rotated queries and keys, nothing added)"),
-    ("activation", ["--activation"], str, "activation of the feed-forward networks "
-                                          "(relu, gelu, or gated swiglu / geglu)"),
-    ("norm", ["--norm"], ("layer", "rms"), "normalization: LayerNorm or RMSNorm"),
-    ("num_key_value_heads", ["--kv-heads"], int, "key/value heads, grouped-query attention "
-                                               "(1: multi-query; default: one per head)"),
-    ("tie_embeddings", ["--tie-embeddings"], argparse.BooleanOptionalAction,
+    ("tie_embeddings", ["--tie-embeddings"], bool,
      "share the target embedding with the output projection"),
     ("moe_every", ["--moe-every"], int, "with --moe-experts: every n-th block is MoE"),
 ]
+_BLOCK_FIELDS = [
+    (name, [meta["flag"]], meta["choices"] or meta["kind"], meta["help"])
+    for name, meta in command_line_fields()
+]
+_FIELDS = _MODEL_FIELDS[:3] + _BLOCK_FIELDS + _MODEL_FIELDS[3:]
 
 
 def add_model_arguments(parser, defaults, aliases=None, encoder=True):
@@ -66,8 +63,8 @@ def add_model_arguments(parser, defaults, aliases=None, encoder=True):
         else:
             shown = default
         arguments = dict(dest=field, default=argparse.SUPPRESS, help=f"{text} (default: {shown})")
-        if kind is argparse.BooleanOptionalAction:
-            arguments["action"] = kind
+        if kind is bool:
+            arguments["action"] = argparse.BooleanOptionalAction
         elif isinstance(kind, tuple):
             arguments["choices"] = kind
         else:

@@ -37,8 +37,10 @@ import tensorflow as tf
 
 from keras_transformer.data import datasets, generate_pairs, pipelines
 from keras_transformer.data import tokenizers as tk
+from keras_transformer.evaluation import plots
+from keras_transformer.evaluation import quality as evaluation
 from keras_transformer.export import export_saved_model
-from keras_transformer.generation import DecodingConfig, Translator, evaluation, plots
+from keras_transformer.generation import DecodingConfig, Translator
 from keras_transformer.models import TransformerConfig, build_transformer, float32_copy
 from keras_transformer.recipes import model_options, precision
 from keras_transformer.training import (

@@ -35,6 +35,8 @@ import shutil
 
 import keras
 
+from keras_transformer._keras_compat import set_initial_epoch
+
 _WEIGHTS = re.compile(r"^backup-(\d+)\.weights\.h5$")
 METADATA = "training_metadata.json"
 
@@ -125,7 +127,7 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
                 f"read: {error}. Delete {self.backup_dir} to start the run over.") from error
         self._backup = int(metadata["backup"])
         self._epoch = int(metadata["epoch"])
-        self.model._initial_epoch = self._epoch  # how Keras's own callback resumes fit
+        set_initial_epoch(self.model, self._epoch)  # how Keras's own callback resumes fit
 
     # ## Backing up
 

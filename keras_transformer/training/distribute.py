@@ -129,7 +129,9 @@ def patch_keras_for_multi_worker():
     replicas (`axis=None`) for scalars. Single-worker strategies are left
     alone. Idempotent; `make_strategy("multi_worker")` calls it.
     """
-    from keras.src.backend.tensorflow import trainer as tf_trainer
+    from keras_transformer._keras_compat import tensorflow_trainer
+
+    tf_trainer = tensorflow_trainer()
 
     if getattr(tf_trainer, "_keras_transformer_multi_worker_patch", False):
         return

@@ -1,4 +1,4 @@
-"""A quiet console for the command line: TensorFlow's start-up noise filtered out.
+"""The `keras-transformer` command's entry point: TensorFlow's start-up noise filtered out.
 
 TensorFlow's C++ start-up messages (oneDNN notices, CUDA probing on a machine
 without a GPU, absl's pre-initialization warning) go straight to the process's
@@ -8,9 +8,11 @@ captured, then passes on every line that is not one of those notices. Keras's
 "Your input ran out of data" warning, which every `fit` on a dataset of unknown
 length prints once, is silenced too. `--verbose` keeps everything.
 
-The `keras-transformer` command calls `quiet_tensorflow` as the package is
-imported (before Keras imports TensorFlow); importing the package from your own
-code changes nothing.
+This module stands beside the `keras_transformer` package, not inside it:
+importing anything inside the package runs its `__init__`, which imports Keras
+and so TensorFlow, too late to quiet. `main` quiets TensorFlow first, then
+imports the package and runs `keras_transformer.cli.main`. Importing the package
+from your own code (or `python -m keras_transformer.cli`) changes nothing.
 """
 
 import os
@@ -23,6 +25,16 @@ _NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\)"
     r"|[IWE]\d{4} [\d:. ]+\d+ \S+\] .*(oneDNN|cuda|CUDA|cuInit|TensorRT|GPU will not be used))"
 )
+
+
+def main(argv=None):
+    """The `keras-transformer` command: `keras_transformer.cli.main`, on a quiet console."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    quiet_tensorflow(verbose="--verbose" in argv)
+    from keras_transformer import cli
+
+    return cli.main(argv)
 
 
 def quiet_tensorflow(verbose=False):
@@ -54,3 +66,7 @@ def quiet_tensorflow(verbose=False):
             for line in captured.read().decode("utf-8", "replace").splitlines():
                 if line.strip() and not _NOISE.match(line):
                     print(line, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Judging a model's output: translation quality (BLEU and chrF) and pictures.
+
+- `quality`: `read_tsv`, `score` (sacrebleu's corpus BLEU and chrF; the `eval`
+  extra) and `translate_all`, which batches any `translate(list of strings)`.
+- `plots`: cross-attention heat maps of one translation and training curves
+  (PNG; the `plots` extra).
+
+Importing either module needs no extra; the first call that does names it.
+"""
