@@ -137,7 +137,10 @@ def main(argv=None):
 
 
 def run(args):
-    """Trains and scores a character language model as `args` says."""
+    """Trains and scores a character language model as `args` says.
+
+    The steps below, in order; each is a function of this module.
+    """
     if args.smoke:
         # A fixed 3 epochs (81 steps), not a few seconds: compilation alone
         # takes 6 s here, so a short clock left a loaded machine a handful of
@@ -149,98 +152,137 @@ def run(args):
                 setattr(args, name, value)
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
-
-    # ## The text and its held-out tail
-    #
-    # tiny-shakespeare comes through the package's TFDS builder (a download
-    # from the official address, or `--data` for a local copy); its train
-    # split is the first 90 % of the corpus. We hold out the last 10 % of
-    # that text for validation, as nanoGPT does.
-    if args.smoke:
-        text = SMOKE_TEXT
-    else:
-        text = datasets.shakespeare_text(data_dir=args.data_dir, local_file=args.data)
-    # The model's shape: `MODEL`, changed by `--config` and the model flags.
-    # The context (characters per window) is the model's `max_length`.
     tokenizer = character_tokenizer()
+    text = read_text(args)
+    config = choose_model_shape(args, tokenizer)
+    train, val = make_pipelines(tokenizer, text, config.max_length, args.batch_size, args.seed)
+    model = build_and_compile(config, args.strategy, args.learning_rate,
+                              verbose=getattr(args, "verbose", False))
+    history, seconds = train_against_the_clock(model, train, args.minutes, args.epochs,
+                                               args.learning_rate)
+    scores = score(model, val, seconds, args.batch_size, config.max_length)
+    model.save(os.path.join(args.output_dir, "model.keras"))
+    plots.plot_history(history.history, os.path.join(args.output_dir, "curves.png"),
+                       metrics=("loss", "perplexity"))
+    path = export_and_sample(model, tokenizer, config.max_length, args)
+    return {"val_loss": scores["loss"], "seconds": seconds, "export_path": path}
+
+
+# ## The text
+#
+# tiny-shakespeare comes through the package's TFDS builder (a download
+# from the official address, or `--data` for a local copy); its train
+# split is the first 90 % of the corpus.
+def read_text(args):
+    """The training text (a built-in paragraph with `--smoke`)."""
+    if args.smoke:
+        return SMOKE_TEXT
+    return datasets.shakespeare_text(data_dir=args.data_dir, local_file=args.data)
+
+
+# ## The model's shape
+#
+# `MODEL`, changed by `--config` and the model flags. The context
+# (characters per window) is the model's `max_length`. The configuration is
+# saved as the run's `config.json`.
+def choose_model_shape(args, tokenizer):
+    """The run's `TransformerConfig`, also written to `<output_dir>/config.json`."""
     config = model_options.model_config(args, MODEL, vocab_size=tokenizer.vocabulary_size(),
                                         num_encoder_layers=0)
-    context = config.max_length
+    with open(os.path.join(args.output_dir, "config.json"), "w") as handle:
+        json.dump(config.to_dict(), handle, indent=2)
+    return config
+
+
+# ## Windows of characters, and the held-out tail
+#
+# We hold out the last 10 % of the text for validation, as nanoGPT does.
+# `language_model_dataset` cuts the stream into windows of `context + 1`
+# characters: inputs are all but the last, labels all but the first.
+# Training windows are reshuffled every epoch; validation scores every
+# character of the held-out tail once.
+def make_pipelines(tokenizer, text, context, batch_size, seed):
+    """`(train, val)` tf.data pipelines of `context`-character windows."""
     cut = int(len(text) * 0.9)
     train_ids, val_ids = encode(tokenizer, text[:cut]), encode(tokenizer, text[cut:])
     print(f"{len(train_ids):,} training and {len(val_ids):,} validation characters")
-
-    # `language_model_dataset` cuts the stream into windows of
-    # `context + 1` characters: inputs are all but the last, labels all but
-    # the first. Training windows are reshuffled every epoch; validation
-    # scores every character of the held-out tail once.
     train = pipelines.language_model_dataset(
-        train_ids, context, batch_size=args.batch_size, shuffle_buffer=len(train_ids),
-        seed=args.seed, random_offset=True,
+        train_ids, context, batch_size=batch_size, shuffle_buffer=len(train_ids),
+        seed=seed, random_offset=True,
     )
-    val = pipelines.language_model_dataset(val_ids, context, batch_size=args.batch_size,
+    val = pipelines.language_model_dataset(val_ids, context, batch_size=batch_size,
                                          drop_remainder=False)
+    return train, val
 
-    # ## The model
-    with open(os.path.join(args.output_dir, "config.json"), "w") as handle:
-        json.dump(config.to_dict(), handle, indent=2)
-    # `--strategy mirrored` spreads each batch over the local GPUs. (Several
-    # workers cannot share a wall clock: each would stop at a different
-    # step, so `multi_worker` is for the translation recipe's epochs.)
-    strategy = distribute.make_strategy(args.strategy)
+
+# ## The model
+#
+# AdamW with weight decay 0.1 and gradient clipping at 1, the training step
+# compiled with XLA. `--strategy mirrored` spreads each batch over the local
+# GPUs. (Several workers cannot share a wall clock: each would stop at a
+# different step, so `multi_worker` is for the translation recipe's epochs.)
+def build_and_compile(config, strategy_name, learning_rate, verbose=False):
+    """The decoder-only model, compiled under the strategy `strategy_name` names."""
+    strategy = distribute.make_strategy(strategy_name)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         raise ValueError("train char-lm runs against a wall clock, which several workers "
                          "cannot share; use --strategy mirrored or none.")
     with strategy.scope():
         model = build_causal_lm(config)
         model.compile(
-            optimizer=keras.optimizers.AdamW(args.learning_rate, beta_2=0.99, weight_decay=0.1,
+            optimizer=keras.optimizers.AdamW(learning_rate, beta_2=0.99, weight_decay=0.1,
                                              global_clipnorm=1.0),
             loss=MaskedSparseCategoricalCrossentropy(),
             metrics=[masked_perplexity()],
             jit_compile=True,
         )
-    model_options.print_summary(model, config, verbose=getattr(args, "verbose", False))
+    model_options.print_summary(model, config, verbose=verbose)
+    return model
 
-    # ## Training against the clock
-    #
-    # `TimeBudget` stops at the budget (the clock starts with `fit`, so XLA's
-    # compilation counts against it); `WallClockLearningRate` decays the
-    # learning rate over the same budget.
-    minutes = args.minutes
-    callbacks = [TimeBudget(minutes), WallClockLearningRate(args.learning_rate, minutes),
+
+# ## Training against the clock
+#
+# `TimeBudget` stops at the budget (the clock starts with `fit`, so XLA's
+# compilation counts against it); `WallClockLearningRate` decays the
+# learning rate over the same budget.
+def train_against_the_clock(model, train, minutes, epochs, learning_rate):
+    """`(history, seconds)` of `model.fit` under the `minutes` budget."""
+    callbacks = [TimeBudget(minutes), WallClockLearningRate(learning_rate, minutes),
                  StopOnNaN()]
     started = time.time()
     # `shuffle=False`: the windows are already shuffled by the pipeline (and
     # Keras warns that it cannot shuffle a `tf.data` dataset).
-    history = model.fit(train, epochs=args.epochs, callbacks=callbacks, verbose=2,
-                        shuffle=False)
-    seconds = time.time() - started
+    history = model.fit(train, epochs=epochs, callbacks=callbacks, verbose=2, shuffle=False)
+    return history, time.time() - started
 
-    # ## Validation loss in nats per character
+
+# ## Validation loss in nats per character
+def score(model, val, seconds, batch_size, context):
+    """`{"loss": nats/char, "perplexity": ...}` on the held-out tail, printed."""
     scores = model.evaluate(val, return_dict=True, verbose=0)
     print(f"\nTrained for {seconds:.0f} s ({model.optimizer.iterations.numpy():,} steps of "
-          f"{args.batch_size}×{context} characters)")
+          f"{batch_size}×{context} characters)")
     print(f"Validation loss {scores['loss']:.3f} nats/char "
           f"(perplexity {scores['perplexity']:.2f}) on the last 10 % of the text; "
           "nanoGPT's CPU recipe: 1.87 in ~95 s")
-    model.save(os.path.join(args.output_dir, "model.keras"))
-    plots.plot_history(history.history, os.path.join(args.output_dir, "curves.png"),
-                       metrics=("loss", "perplexity"))
+    return scores
 
-    # ## Sampling, through the exported SavedModel
-    #
-    # `TextGenerator` puts the tokenizer, a cached sampling loop compiled
-    # with XLA (the prompt forced through the cache) and the detokenizer in
-    # one `tf.Module`; `export_saved_model` writes it with a `generate`
-    # signature (prompt and seed in, text out), which we load back and call.
+
+# ## Sampling, through the exported SavedModel
+#
+# `TextGenerator` puts the tokenizer, a cached sampling loop compiled
+# with XLA (the prompt forced through the cache) and the detokenizer in
+# one `tf.Module`; `export_saved_model` writes it with a `generate`
+# signature (prompt and seed in, text out), which we load back and call.
+def export_and_sample(model, tokenizer, context, args):
+    """Exports the generator as the next version in `--export-dir`; returns its path."""
     generator = TextGenerator(model, tokenizer, max_length=context,
                               decoding=DecodingConfig.from_args(args))
     path = export_saved_model(generator, args.export_dir)
     generate = tf.saved_model.load(path).signatures["generate"]
     text = generate(prompt=tf.constant(["ROMEO:\n"]), seed=tf.constant(args.seed))["text"]
     print(f"\nExported to {path}; a sample through it:\n{text[0].numpy().decode()}")
-    return {"val_loss": scores["loss"], "seconds": seconds, "export_path": path}
+    return path
 
 
 if __name__ == "__main__":

@@ -202,34 +202,92 @@ def main(argv=None):
     return run(args)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """How `run` trains, resolved once from the command's options.
+
+    The defaults depend on the data: on a real corpus (`--data`, `--tfds`) the
+    clock schedule (with `--minutes`), the moving average and the `auto` dtype
+    policy; on the built-in corpus the paper's warm-up, no average, float32.
+    """
+
+    real_corpus: bool
+    schedule: str  # "warmup" (the paper's) or "clock" (warm-up + cosine over --minutes)
+    learning_rate: float  # the clock schedule's peak
+    ema: float  # momentum of the weights' moving average; 0: off
+    policy: str  # the training model's dtype policy
+    minutes: float | None  # the wall-clock budget, if any
+
+    @classmethod
+    def from_args(cls, args):
+        """The settings `args` ask for, with a ValueError naming a contradiction."""
+        real_corpus = bool(args.data or args.tfds)
+        schedule = args.schedule or ("clock" if real_corpus and args.minutes else "warmup")
+        if schedule == "clock" and not args.minutes:
+            raise ValueError("`--schedule clock` spans the --minutes budget; give --minutes. "
+                             f"Received: --minutes {args.minutes}")
+        if schedule == "warmup" and args.learning_rate is not None:
+            raise ValueError("`--learning-rate` is the clock schedule's peak; the warm-up "
+                             "schedule sets its own from the width. Received: "
+                             f"--learning-rate {args.learning_rate:g} with --schedule warmup")
+        ema = getattr(args, "ema", None)
+        ema = (0.999 if real_corpus else 0.0) if ema is None else ema
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"`--ema` is a momentum in [0, 1) (0: off). Received: --ema {ema:g}")
+        return cls(
+            real_corpus=real_corpus, schedule=schedule,
+            learning_rate=3e-3 if args.learning_rate is None else args.learning_rate, ema=ema,
+            policy=precision.resolve(getattr(args, "dtype_policy", None)
+                                     or ("auto" if real_corpus else "float32")),
+            minutes=args.minutes)
+
+
+@dataclasses.dataclass
+class Corpus:
+    """The split sentence pairs and the vocabularies trained on the training split."""
+
+    train_pairs: list
+    val_pairs: list
+    source_tokenizer: object
+    target_tokenizer: object
+
+
 def run(args):
-    """Trains, evaluates and saves a translation model as `args` says."""
+    """Trains, evaluates and saves a translation model as `args` says.
+
+    The steps below, in order; each is a function of this module.
+    """
     if args.smoke:
         args.pairs, args.epochs, args.vocabulary_size = 600, 2, 400
     keras.utils.set_random_seed(args.seed)
-    real_corpus = bool(args.data or args.tfds)
-    schedule = args.schedule or ("clock" if real_corpus and args.minutes else "warmup")
-    if schedule == "clock" and not args.minutes:
-        raise ValueError("`--schedule clock` spans the --minutes budget; give --minutes. "
-                         f"Received: --minutes {args.minutes}")
-    if schedule == "warmup" and args.learning_rate is not None:
-        raise ValueError("`--learning-rate` is the clock schedule's peak; the warm-up schedule "
-                         "sets its own from the width. Received: --learning-rate "
-                         f"{args.learning_rate:g} with --schedule warmup")
-    learning_rate = 3e-3 if args.learning_rate is None else args.learning_rate
-    ema = getattr(args, "ema", None)
-    ema = (0.999 if real_corpus else 0.0) if ema is None else ema
-    if not 0.0 <= ema < 1.0:
-        raise ValueError(f"`--ema` is a momentum in [0, 1) (0: off). Received: --ema {ema:g}")
-    policy = precision.resolve(getattr(args, "dtype_policy", None)
-                               or ("auto" if real_corpus else "float32"))
+    settings = TrainingSettings.from_args(args)
+    strategy, chief, run_dir = set_up_devices(args)
+    corpus = prepare_corpus(args, run_dir)
+    config = choose_model_shape(args, settings, corpus, run_dir)
+    train, val = make_pipelines(corpus, config, args.seed)
+    model = build_and_compile(config, settings, strategy, jit_compile=args.jit_compile,
+                              verbose=getattr(args, "verbose", False))
+    history, seconds = train_model(model, train, val, settings, run_dir, chief=chief,
+                                   epochs=args.epochs)
+    model.save_weights(os.path.join(run_dir, "final.weights.h5"))
+    if not chief:  # the chief evaluates and exports
+        return {"history": history.history, "seconds": seconds}
+    translator, sample, report = evaluate_best(args, corpus, config, model, history, seconds)
+    draw_pictures(history, translator, sample, args.output_dir)
+    path = export_and_translate(translator, args.export_dir, [en for en, _ in sample[:3]])
+    return {"history": history.history, "exact_match": report["exact_match"],
+            "bleu": report["bleu"], "seconds": seconds, "export_path": path}
 
-    # ## Devices
-    #
-    # `--strategy` picks a `tf.distribute` strategy: one device, all local
-    # GPUs (`mirrored`), the workers of `TF_CONFIG` (`multi_worker`), or a
-    # TPU. Only the chief writes into `--output-dir` and exports; other
-    # workers keep their own files in `<output-dir>/worker_<i>`.
+
+# ## Devices
+#
+# `--strategy` picks a `tf.distribute` strategy: one device, all local
+# GPUs (`mirrored`), the workers of `TF_CONFIG` (`multi_worker`), or a
+# TPU. Only the chief writes into `--output-dir` and exports; other
+# workers keep their own files in `<output-dir>/worker_<i>`.
+def set_up_devices(args):
+    """`(strategy, chief, run_dir)`: the strategy, whether this process is the
+    chief, and where this process writes."""
     strategy = distribute.make_strategy(args.strategy)
     if args.minutes and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         raise ValueError("--minutes is not supported with several workers (each would stop "
@@ -239,62 +297,77 @@ def run(args):
     os.makedirs(run_dir, exist_ok=True)
     print(f"{strategy.num_replicas_in_sync} replica(s); this process is "
           f"{'the chief' if chief else 'a worker'}")
+    return strategy, chief, run_dir
 
-    pairs = read_pairs(args)
-    train_pairs, val_pairs = split(pairs, 0.1, args.seed)
+
+# ## Subword vocabularies
+#
+# The pairs are split 90/10 by the seed. One WordPiece vocabulary per
+# language, trained on the training split only and saved beside the model.
+def prepare_corpus(args, run_dir):
+    """The `Corpus`: pairs read and split, vocabularies trained and saved."""
+    train_pairs, val_pairs = split(read_pairs(args), 0.1, args.seed)
     print(f"{len(train_pairs):,} training and {len(val_pairs):,} validation pairs")
-
-    # ## Subword vocabularies
-    #
-    # One WordPiece vocabulary per language, trained on the training split
-    # only and saved beside the model.
     source_tokenizer = tk.train_wordpiece([en for en, _ in train_pairs], args.vocabulary_size)
     target_tokenizer = tk.train_wordpiece([es for _, es in train_pairs], args.vocabulary_size)
     tk.save_tokenizer(source_tokenizer, os.path.join(run_dir, "source_vocabulary"))
     tk.save_tokenizer(target_tokenizer, os.path.join(run_dir, "target_vocabulary"))
     print(f"vocabularies: {source_tokenizer.vocabulary_size()} English, "
           f"{target_tokenizer.vocabulary_size()} Spanish word pieces")
+    return Corpus(train_pairs, val_pairs, source_tokenizer, target_tokenizer)
 
-    # ## The model's shape
-    #
-    # `MODEL` above (`REAL_CORPUS_MODEL` for `--data` and `--tfds`), changed
-    # by `--config` and the model flags; the vocabulary sizes are the trained
-    # vocabularies'.
+
+# ## The model's shape
+#
+# `MODEL` above (`REAL_CORPUS_MODEL` for `--data` and `--tfds`), changed
+# by `--config` and the model flags; the vocabulary sizes are the trained
+# vocabularies'. The configuration is saved as the run's `config.json`.
+def choose_model_shape(args, settings, corpus, run_dir):
+    """The run's `TransformerConfig`, also written to `<run_dir>/config.json`."""
     config = model_options.model_config(
-        args, REAL_CORPUS_MODEL if real_corpus else MODEL,
-        vocab_size=target_tokenizer.vocabulary_size(),
-        source_vocab_size=source_tokenizer.vocabulary_size())
+        args, REAL_CORPUS_MODEL if settings.real_corpus else MODEL,
+        vocab_size=corpus.target_tokenizer.vocabulary_size(),
+        source_vocab_size=corpus.source_tokenizer.vocabulary_size())
     with open(os.path.join(run_dir, "config.json"), "w") as handle:
         json.dump(config.to_dict(), handle, indent=2)
+    return config
 
-    # ## Input pipelines
-    #
-    # `((source_ids, [START] y), y [END])` batches, bucketed by length with a
-    # budget of ~2,000 tokens a batch, so that little of each batch is padding.
-    max_length = config.max_length
-    common = dict(max_length=max_length, tokens_per_batch=2048)
+
+# ## Input pipelines
+#
+# `((source_ids, [START] y), y [END])` batches, bucketed by length with a
+# budget of ~2,000 tokens a batch, so that little of each batch is padding.
+def make_pipelines(corpus, config, seed):
+    """`(train, val)` tf.data pipelines (the training one shuffled by `seed`)."""
+    common = dict(max_length=config.max_length, tokens_per_batch=2048)
     train = pipelines.translation_dataset(
-        train_pairs, source_tokenizer, target_tokenizer,
-        shuffle_buffer=len(train_pairs), seed=args.seed, **common,
+        corpus.train_pairs, corpus.source_tokenizer, corpus.target_tokenizer,
+        shuffle_buffer=len(corpus.train_pairs), seed=seed, **common,
     )
-    val = pipelines.translation_dataset(val_pairs, source_tokenizer, target_tokenizer, **common)
+    val = pipelines.translation_dataset(corpus.val_pairs, corpus.source_tokenizer,
+                                        corpus.target_tokenizer, **common)
+    return train, val
 
-    # ## The model
-    #
-    # The paper's schedule, rising for 400 steps to a peak of 3.1e-3 (at
-    # width 128) and then falling as 1/√step: a 5-minute run makes about
-    # 1,670 steps, and a longer or higher warm-up keeps the rate near its
-    # peak to the end of such a run. On a real corpus with `--minutes`, the
-    # clock schedule (`WallClockLearningRate`) instead rises over the first
-    # 5 % of the budget to `--learning-rate` and falls along a cosine to a
-    # tenth of it at the end, wherever the end falls in steps.
-    # `--dtype-policy` (on a real corpus, `auto`: mixed_bfloat16 where the
-    # hardware multiplies bfloat16 natively) applies to this training model only.
-    with precision.dtype_policy(policy), strategy.scope():  # variables etc. on every replica
+
+# ## The model
+#
+# The paper's schedule, rising for 400 steps to a peak of 3.1e-3 (at
+# width 128) and then falling as 1/√step: a 5-minute run makes about
+# 1,670 steps, and a longer or higher warm-up keeps the rate near its
+# peak to the end of such a run. On a real corpus with `--minutes`, the
+# clock schedule (`WallClockLearningRate`) instead rises over the first
+# 5 % of the budget to `--learning-rate` and falls along a cosine to a
+# tenth of it at the end, wherever the end falls in steps.
+# `--dtype-policy` (on a real corpus, `auto`: mixed_bfloat16 where the
+# hardware multiplies bfloat16 natively) applies to this training model only.
+def build_and_compile(config, settings, strategy, *, jit_compile=False, verbose=False):
+    """The model, compiled with the label-smoothed loss that ignores padding."""
+    ema = settings.ema
+    with precision.dtype_policy(settings.policy), strategy.scope():  # on every replica
         model = build_transformer(config)
         averaging = dict(use_ema=True, ema_momentum=ema) if ema else {}
-        if schedule == "clock":
-            optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.98,
+        if settings.schedule == "clock":
+            optimizer = keras.optimizers.Adam(settings.learning_rate, beta_1=0.9, beta_2=0.98,
                                               epsilon=1e-9, **averaging)
         else:
             optimizer = transformer_optimizer(config.embed_dim, warmup_steps=400, scale=0.7,
@@ -303,52 +376,57 @@ def run(args):
             optimizer=optimizer,
             loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
             metrics=[MaskedAccuracy(), masked_perplexity()],
-            jit_compile=args.jit_compile,
+            jit_compile=jit_compile,
         )
-    model_options.print_summary(model, config, verbose=getattr(args, "verbose", False))
+    model_options.print_summary(model, config, verbose=verbose)
     # Under mixed_float16, `compile` wraps the optimizer for loss scaling.
     scaling = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    print(f"dtype policy: {policy}" + (" (dynamic loss scaling)" if scaling else ""))
+    print(f"dtype policy: {settings.policy}" + (" (dynamic loss scaling)" if scaling else ""))
     if ema:
         print(f"weights: validated, kept and exported as their moving average "
               f"(momentum {ema:g}, about the last {1 / (1 - ema):,.0f} steps)")
-    if schedule == "clock":
-        print(f"learning rate: warm-up, then a cosine over {args.minutes:g} minutes "
-              f"(peak {learning_rate:g})")
+    if settings.schedule == "clock":
+        print(f"learning rate: warm-up, then a cosine over {settings.minutes:g} minutes "
+              f"(peak {settings.learning_rate:g})")
     else:
         print("learning rate: the paper's warm-up (400 steps, peak "
               f"{0.7 * config.embed_dim ** -0.5 * 400 ** -0.5:.2g}) and 1/sqrt(step) decay")
+    return model
 
-    # ## Training
-    #
-    # `training_callbacks` (above) keeps the best model by validation loss,
-    # backs the training state up each epoch and resumes from it when the
-    # same command runs again, stops at the first NaN loss and at the end of
-    # the budget, and with `--ema` validates and keeps the moving average.
+
+# ## Training
+#
+# `training_callbacks` (above) keeps the best model by validation loss,
+# backs the training state up each epoch and resumes from it when the
+# same command runs again, stops at the first NaN loss and at the end of
+# the budget, and with `--ema` validates and keeps the moving average.
+def train_model(model, train, val, settings, run_dir, *, chief, epochs):
+    """`(history, seconds)` of `model.fit` with the recipe's callbacks."""
     callbacks = training_callbacks(
-        run_dir, chief=chief, ema=ema, minutes=args.minutes,
-        clock_peak=learning_rate if schedule == "clock" else None)
+        run_dir, chief=chief, ema=settings.ema, minutes=settings.minutes,
+        clock_peak=settings.learning_rate if settings.schedule == "clock" else None)
     started = time.time()
     # The pipeline shuffles itself (`shuffle=False` only tells Keras so).
-    history = model.fit(train, validation_data=val, epochs=args.epochs, callbacks=callbacks,
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks,
                         shuffle=False, verbose=2)
-    seconds = time.time() - started
-    model.save_weights(os.path.join(run_dir, "final.weights.h5"))
-    if not chief:  # the chief evaluates and exports
-        return {"history": history.history, "seconds": seconds}
+    return history, time.time() - started
 
-    # ## Translating held-out sentences
-    #
-    # The best checkpoint, in a float32 copy of the model whatever the training
-    # policy, behind a `Translator`: tokenizer → cached search (beam search of
-    # 4 unless the decoding options say otherwise) compiled with XLA →
-    # detokenizer, all TensorFlow graph code. We score held-out sentences by
-    # exact match and BLEU (case-blind: the WordPiece vocabulary is lowercased).
+
+# ## Translating held-out sentences
+#
+# The best checkpoint, in a float32 copy of the model whatever the training
+# policy, behind a `Translator`: tokenizer → cached search (beam search of
+# 4 unless the decoding options say otherwise) compiled with XLA →
+# detokenizer, all TensorFlow graph code. We score held-out sentences by
+# exact match and BLEU (case-blind: the WordPiece vocabulary is lowercased).
+def evaluate_best(args, corpus, config, model, history, seconds):
+    """`(translator, sample, report)`: the best checkpoint's translator, the
+    held-out pairs it translated, and its exact match, BLEU and chrF on them."""
     best = float32_copy(keras.saving.load_model(os.path.join(args.output_dir, "best.keras")))
     decoding = DecodingConfig.from_args(args)
-    translator = Translator(best, source_tokenizer, target_tokenizer, max_length=max_length,
-                            decoding=decoding)
-    sample = val_pairs[: 16 if args.smoke else 500]
+    translator = Translator(best, corpus.source_tokenizer, corpus.target_tokenizer,
+                            max_length=config.max_length, decoding=decoding)
+    sample = corpus.val_pairs[: 16 if args.smoke else 500]
     hypotheses = translate_texts(translator, [english for english, _ in sample])
     references = [spanish for _, spanish in sample]
     accuracy = float(np.mean([h == r.lower() for h, r in zip(hypotheses, references)]))
@@ -361,30 +439,34 @@ def run(args):
           f"{accuracy:.1%}, BLEU {quality['bleu']:.1f}, chrF {quality['chrf']:.1f}\n")
     for (english, spanish), hypothesis in list(zip(sample, hypotheses))[:6]:
         print(f"  {english}\n    → {hypothesis}\n    (reference: {spanish})")
+    return translator, sample, {"exact_match": accuracy, **quality}
 
-    # ## Pictures
-    #
-    # The loss and accuracy curves, and the cross-attention of the last
-    # decoder block for one sentence (a panel per head: which source pieces
-    # each output piece looked at).
-    plots.plot_history(history.history, os.path.join(args.output_dir, "curves.png"))
-    plots.plot_attention(translator, sample[0][0], os.path.join(args.output_dir,
-                                                                "attention.png"))
 
-    # ## Export, and translate through the SavedModel
-    #
-    # `export_saved_model` writes the next version under `--export-dir`
-    # (TF Serving's layout), atomically. Loading it needs only TensorFlow and
-    # tensorflow-text; here we load it back and translate through it.
-    path = export_saved_model(translator, args.export_dir)
+# ## Pictures
+#
+# The loss and accuracy curves, and the cross-attention of the last
+# decoder block for one sentence (a panel per head: which source pieces
+# each output piece looked at).
+def draw_pictures(history, translator, sample, output_dir):
+    """`curves.png` and `attention.png` in `output_dir`."""
+    plots.plot_history(history.history, os.path.join(output_dir, "curves.png"))
+    plots.plot_attention(translator, sample[0][0], os.path.join(output_dir, "attention.png"))
+
+
+# ## Export, and translate through the SavedModel
+#
+# `export_saved_model` writes the next version under `--export-dir`
+# (TF Serving's layout), atomically. Loading it needs only TensorFlow and
+# tensorflow-text; here we load it back and translate through it.
+def export_and_translate(translator, export_dir, texts):
+    """Exports `translator` as the next version in `export_dir`; returns its path."""
+    path = export_saved_model(translator, export_dir)
     served = tf.saved_model.load(path).signatures["serving_default"]
-    texts = [english for english, _ in sample[:3]]
     outputs = served(text=tf.constant(texts))["translation"].numpy()
     print(f"\nExported to {path}; translated through the SavedModel:")
     for english, spanish in zip(texts, outputs):
         print(f"  {english}  →  {spanish.decode('utf-8')}")
-    return {"history": history.history, "exact_match": accuracy, "bleu": quality["bleu"],
-            "seconds": seconds, "export_path": path}
+    return path
 
 
 if __name__ == "__main__":
