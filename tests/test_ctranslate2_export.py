@@ -89,7 +89,8 @@ def _causal_lm(**options):
      "num_key_value_heads": 2},  # Llama-shaped: rotary (half-split), grouped-query
     {"norm_first": True, "positions": "learned", "activation": "gelu",
      "tie_embeddings": False},  # GPT-2-shaped
-], ids=["paper", "rotary-gqa-rms-swiglu", "learned-gelu-untied"])
+    {"norm_first": True, "positions": "learned", "activation": "gelu_tanh"},  # GPT-2's GELU
+], ids=["paper", "rotary-gqa-rms-swiglu", "learned-gelu-untied", "learned-gelu-tanh"])
 def test_ctranslate2_generates_the_same_tokens_for_a_decoder_only_model(options, tmp_path):
     model = _causal_lm(**options)
     path = to_ctranslate2(model, Vocabulary(), None, str(tmp_path / "ct2"))

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -36,7 +37,7 @@ def test_bad_configuration_is_a_value_error():
         PositionwiseFFN(hidden_dim=0)
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu", "geglu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu", "geglu"])
 def test_common_layer_checks(tmp_path, activation):
     run_layer_checks(
         PositionwiseFFN,
@@ -45,3 +46,13 @@ def test_common_layer_checks(tmp_path, activation):
         expected_trainable_weights=6 if activation.endswith("glu") else 4,
         tmp_path=tmp_path,
     )
+
+
+def test_gelu_tanh_is_the_tanh_approximation_and_round_trips():
+    layer = PositionwiseFFN(hidden_dim=8, activation="gelu_tanh")
+    x = np.linspace(-3, 3, 7, dtype="float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer.activation(x)),
+        0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))), atol=1e-6)
+    assert layer.get_config()["activation"] == "gelu_tanh"
+    assert PositionwiseFFN.from_config(layer.get_config()).activation is layer.activation

@@ -47,6 +47,7 @@ from keras_transformer.data.special_tokens import (
     UNK_ID,
 )
 from keras_transformer.layers import MoE, PositionwiseFFN, RMSNormalization
+from keras_transformer.layers import activations as activations_lib
 from keras_transformer.layers.positional_embedding import sinusoidal_positions
 from keras_transformer.models.graph import read_structure
 
@@ -131,10 +132,10 @@ def _activation(block):
     import ctranslate2
 
     Activation = ctranslate2.specs.Activation
-    name = keras.activations.serialize(block._feedforward.activation)
+    name = activations_lib.serialize(block._feedforward.activation, False)
     name = name if isinstance(name, str) else name.get("config", {}).get("name", name)
     table = {"relu": Activation.RELU, "gelu": Activation.GELU, "silu": Activation.SWISH,
-             "swish": Activation.SWISH}
+             "swish": Activation.SWISH, "gelu_tanh": Activation.GELUTanh}
     if name not in table:
         raise ValueError(f"Block '{block.name}': CTranslate2 has no activation {name!r} "
                          f"(it has {sorted(table)}).")

@@ -80,8 +80,8 @@ class BlockOptions:
                                "--norm-first", bool)
     norm: str = _option("layer", "normalization: LayerNorm or RMSNorm", "--norm", str, NORMS)
     layer_norm_epsilon: float = _option(1e-5, "epsilon of the normalizations")
-    activation: str = _option("relu", "activation of the feed-forward networks (relu, gelu, or "
-                                      "gated swiglu / geglu)", "--activation", str)
+    activation: str = _option("relu", "activation of the feed-forward networks (relu, gelu, "
+                                      "gelu_tanh, or gated swiglu / geglu)", "--activation", str)
     num_key_value_heads: int | None = _option(
         None, "key/value heads, grouped-query attention (1: multi-query; default: one per "
               "head)", "--kv-heads", int)

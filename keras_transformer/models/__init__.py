@@ -13,6 +13,7 @@ from keras_transformer.models.cached_decoding import (
 from keras_transformer.models.config import TransformerConfig
 from keras_transformer.models.graph import ModelStructure, read_structure
 from keras_transformer.models.precision import float32_copy
+from keras_transformer.models.pretrained import from_keras_hub
 from keras_transformer.models.quantization import quantize
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "cached_decoder",
     "decoding_traits",
     "float32_copy",
+    "from_keras_hub",
     "is_encoder_decoder",
     "quantize",
     "read_structure",

@@ -1,0 +1,88 @@
+"""keras-hub backbones rebuilt from the layers: the same logits, and the package's
+cached decoding on them (`keras_transformer.models.from_keras_hub`)."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from keras_transformer.generation import DecodingConfig, IdDecoder, greedy_generate
+from keras_transformer.models import from_keras_hub, read_structure
+
+
+def small_gpt2():
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=12, dropout=0.0)
+    # Random norms too, so that a scale or bias left at its initial value shows.
+    for weight in backbone.weights:
+        if "layer_norm" in weight.path or "gamma" in weight.path or "beta" in weight.path:
+            weight.assign(np.random.default_rng(1).normal(1.0, 0.2, weight.shape))
+    return backbone
+
+
+def hub_logits(backbone, ids, padding):
+    hidden = backbone({"token_ids": ids, "padding_mask": padding})
+    return keras.ops.convert_to_numpy(backbone.token_embedding(hidden, reverse=True))
+
+
+@pytest.fixture(scope="module")
+def gpt2_preset(tmp_path_factory):
+    backbone = small_gpt2()
+    path = tmp_path_factory.mktemp("presets") / "gpt2_small"
+    backbone.save_to_preset(str(path))
+    return backbone, str(path)
+
+
+def test_gpt2_from_a_preset_gives_keras_hub_logits(gpt2_preset):
+    backbone, path = gpt2_preset
+    model = from_keras_hub(path)
+    ids = np.random.default_rng(2).integers(0, 50, size=(3, 10)).astype("int32")
+    ids[0, :2] = 0  # id 0 is a real token here (GPT-2's "!")
+    padding = np.ones_like(ids)
+    padding[1, 6:] = 0  # right padding: real positions see no padded key
+    ours = keras.ops.convert_to_numpy(model(ids))
+    theirs = hub_logits(backbone, ids, padding)
+    real = padding.astype(bool)
+    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4)
+    assert np.abs(theirs).max() > 0.1  # not a degenerate comparison
+
+
+def test_gpt2_from_a_backbone_or_a_task_is_the_same_model(gpt2_preset):
+    backbone, _ = gpt2_preset
+    ids = np.arange(1, 9, dtype="int32")[None]
+    from_backbone = keras.ops.convert_to_numpy(from_keras_hub(backbone)(ids))
+    task = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(from_keras_hub(task)(ids)),
+                                  from_backbone)
+
+
+def test_an_imported_gpt2_decodes_with_the_cache_as_with_full_passes(gpt2_preset):
+    backbone, _ = gpt2_preset
+    model = from_keras_hub(backbone)
+    structure = read_structure(model)
+    assert len(structure.decoder.blocks) == 2 and structure.encoder is None
+    prompts = np.random.default_rng(3).integers(4, 50, size=(4, 3)).astype("int32")
+    cached, _ = IdDecoder(model, max_length=9, decoding=DecodingConfig("greedy"))(prompts)
+    np.testing.assert_array_equal(np.asarray(cached), greedy_generate(model, prompts, 10))
+
+
+def test_a_backbone_it_cannot_import_is_named():
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=20, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+        max_sequence_length=8)
+    with pytest.raises(ValueError, match="BertBackbone.*GPT2Backbone"):
+        from_keras_hub(backbone)
+    with pytest.raises(TypeError, match="Received: int"):
+        from_keras_hub(3)
+
+
+def test_an_imported_gpt2_saves_and_reloads(gpt2_preset, tmp_path):
+    backbone, _ = gpt2_preset
+    model = from_keras_hub(backbone)
+    model.save(tmp_path / "gpt2.keras")
+    reloaded = keras.saving.load_model(tmp_path / "gpt2.keras")
+    ids = np.array([[0, 4, 9, 16, 25]], "int32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(ids)),
+                               keras.ops.convert_to_numpy(model(ids)), atol=1e-6)
