@@ -20,9 +20,7 @@ for side in ${sides[@]}; do
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     if [ "$side" = lowest ]; then
-        # wrapt: without a floor, pip backtracks to a wrapt sdist that no longer
-        # builds on Python 3.11 (inspect.formatargspec is gone).
-        pins=("tensorflow==2.16.1" "keras==3.5.0" "tensorflow-text==2.16.1" "wrapt>=1.14")
+        pins=("tensorflow==2.16.1" "keras==3.5.0" "tensorflow-text==2.16.1")
     else
         pins=()
     fi
