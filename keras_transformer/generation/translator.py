@@ -56,9 +56,10 @@ def tokenize_source(tokenizer, text, max_length):
 def detokenize_target(tokenizer, ids):
     """`(B, L)` ids → `(B,)` strings: reserved tokens dropped, each row cut at
     its first `[END]`, WordPiece's spaces around punctuation removed."""
-    keras_hub = require("keras_hub", "data", "Detokenizing")
     text = tokenizer.detokenize(strip_special(ids))
-    if isinstance(tokenizer, keras_hub.tokenizers.WordPieceTokenizer):
+    # By class name, not `isinstance`: importing keras-hub here would run
+    # inside the traced signature, where AutoGraph warns about the import.
+    if any(cls.__name__ == "WordPieceTokenizer" for cls in type(tokenizer).__mro__):
         text = tf.strings.regex_replace(text, _SPACE_BEFORE, r"\1")
         text = tf.strings.regex_replace(text, _SPACE_AFTER, r"\1")
     return text
