@@ -12,8 +12,12 @@ import urllib.error
 import urllib.request
 
 
-def make_translator():
-    """A 1+1-layer translator over WordPiece vocabularies of the built-in corpus, beam 2."""
+def make_translator(decoding=None, **config_options):
+    """A 1+1-layer translator over WordPiece vocabularies of the built-in corpus.
+
+    Beam 2 unless `decoding` (a `DecodingConfig`) says otherwise;
+    `config_options` change the `TransformerConfig` (e.g. `norm="rms"`).
+    """
     import tensorflow as tf
 
     from keras_transformer.data import generate_pairs
@@ -28,9 +32,12 @@ def make_translator():
     config = TransformerConfig(
         vocab_size=target.vocabulary_size(), source_vocab_size=source.vocabulary_size(),
         max_length=16, embed_dim=32, num_heads=2, ffn_dim=64, num_encoder_layers=1,
-        num_decoder_layers=1, dropout=0.0,
+        num_decoder_layers=1, dropout=0.0, **config_options,
     )
-    return Translator(build_transformer(config), source, target, max_length=16, beam_size=2)
+    if decoding is None:
+        return Translator(build_transformer(config), source, target, max_length=16, beam_size=2)
+    return Translator(build_transformer(config), source, target, max_length=16,
+                      decoding=decoding)
 
 
 def character_tokenizer():

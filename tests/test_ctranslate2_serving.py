@@ -8,31 +8,22 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import cli
-from keras_transformer.data import generate_pairs
 from keras_transformer.data import tokenizers as tk
-from keras_transformer.generation import DecodingConfig, TextGenerator, Translator
-from keras_transformer.models import TransformerConfig, build_causal_lm, build_transformer
+from keras_transformer.generation import DecodingConfig, TextGenerator
+from keras_transformer.models import TransformerConfig, build_causal_lm
 
 pytest.importorskip("ctranslate2")
 from keras_transformer.export import export_ctranslate2  # noqa: E402
 from keras_transformer.export.ctranslate2_serving import CTranslate2Model  # noqa: E402
 from keras_transformer.export.server import ModelServer  # noqa: E402
+from tests.helpers import make_translator  # noqa: E402
 
 TEXTS = ["twenty-one books", "¿Dónde está el niño?", "", "seven plus five is twelve " * 40]
 
 
 @pytest.fixture(scope="module")
 def translator():
-    pairs = generate_pairs(300, seed=0)
-    source = tk.train_wordpiece([en for en, _ in pairs], 200)
-    target = tk.train_wordpiece([es for _, es in pairs], 200)
-    keras.utils.set_random_seed(0)
-    config = TransformerConfig(
-        vocab_size=target.vocabulary_size(), source_vocab_size=source.vocabulary_size(),
-        max_length=16, embed_dim=32, num_heads=2, ffn_dim=64, num_encoder_layers=1,
-        num_decoder_layers=1, dropout=0.0, norm_first=True, norm="rms", activation="swiglu")
-    return Translator(build_transformer(config), source, target, max_length=16,
-                      decoding=DecodingConfig())
+    return make_translator(DecodingConfig(), norm_first=True, norm="rms", activation="swiglu")
 
 
 def _strings(tensor):
