@@ -6,7 +6,10 @@ import keras_hub
 import numpy as np
 import pytest
 
-from keras_transformer.generation import DecodingConfig, IdDecoder, greedy_generate
+import tensorflow as tf
+
+from keras_transformer.data import SpecialIds
+from keras_transformer.generation import DecodingConfig, IdDecoder, TextGenerator, greedy_generate
 from keras_transformer.models import from_keras_hub, read_structure
 
 
@@ -65,7 +68,8 @@ def test_an_imported_gpt2_decodes_with_the_cache_as_with_full_passes(gpt2_preset
     assert len(structure.decoder.blocks) == 2 and structure.encoder is None
     prompts = np.random.default_rng(3).integers(4, 50, size=(4, 3)).astype("int32")
     cached, _ = IdDecoder(model, max_length=9, decoding=DecodingConfig("greedy"))(prompts)
-    np.testing.assert_array_equal(np.asarray(cached), greedy_generate(model, prompts, 10))
+    np.testing.assert_array_equal(np.asarray(cached),
+                                  greedy_generate(model, prompts, 10, model.special_ids))
 
 
 def test_a_backbone_it_cannot_import_is_named():
@@ -86,3 +90,48 @@ def test_an_imported_gpt2_saves_and_reloads(gpt2_preset, tmp_path):
     ids = np.array([[0, 4, 9, 16, 25]], "int32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(ids)),
                                keras.ops.convert_to_numpy(model(ids)), atol=1e-6)
+
+
+def gpt2_tokenizer():
+    """A byte-level BPE tokenizer of GPT-2's kind over 50 ids, `<|endoftext|>` last."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = ["!", "Ġ", *letters, *("Ġ" + c for c in letters[:12])]
+    tokens += ["ab", "cd", "Ġab", "ef", "Ġcd", "gh", "ij", "kl", "Ġef"]
+    tokens.append("<|endoftext|>")
+    assert len(tokens) == 50
+    merges = [f"Ġ {c}" for c in letters[:12]] + ["a b", "c d", "Ġ ab", "e f", "Ġ cd", "g h",
+                                                 "i j", "k l", "Ġ ef"]
+    vocabulary = {token: index for index, token in enumerate(tokens)}
+    return keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)
+
+
+def test_an_imported_gpt2_takes_its_special_ids_from_the_tokenizer_or_the_family(
+        gpt2_preset, tmp_path):
+    backbone, _ = gpt2_preset
+    gpt2 = SpecialIds(start=49, end=49, pad=49, unknown=None, suppressed=(),
+                      prompt_start=True, stripped=())
+    assert from_keras_hub(backbone).special_ids == gpt2  # the family's convention
+    tokenizer = gpt2_tokenizer()
+    task = keras_hub.models.GPT2CausalLM(
+        backbone=backbone,
+        preprocessor=keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=8))
+    assert from_keras_hub(task).special_ids == gpt2
+    task.save_to_preset(str(tmp_path / "task"))
+    assert from_keras_hub(str(tmp_path / "task")).special_ids == gpt2
+
+
+@pytest.mark.parametrize("batch", [["ab cd"], ["ab cd", "gh", "a b c d e"]])
+def test_an_imported_gpt2_generates_what_keras_hub_generates(gpt2_preset, batch):
+    backbone, _ = gpt2_preset
+    tokenizer = gpt2_tokenizer()
+    task = keras_hub.models.GPT2CausalLM(
+        backbone=backbone,
+        preprocessor=keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=12))
+    task.compile(sampler="greedy")
+    theirs = task.generate(batch, max_length=12)
+    generator = TextGenerator(from_keras_hub(task), tokenizer, max_length=12,
+                              decoding=DecodingConfig("greedy"))
+    ours = generator.generate_text(tf.constant(batch))["text"].numpy()
+    assert [text.decode() for text in ours] == list(theirs)
+    # Not a degenerate comparison: something was generated past the prompts.
+    assert any(len(t) > len(p) for t, p in zip(theirs, batch))

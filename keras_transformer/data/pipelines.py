@@ -6,7 +6,9 @@ no Python runs per example once the pipeline is built.
 Translation elements are `((source_ids, target_input_ids), target_label_ids)`:
 - `target_input_ids = [START] y` and `target_label_ids = y [END]` (teacher
   forcing: the labels are the decoder inputs shifted left by one);
-- all int32, padded with 0 (`[PAD]`) to the longest sequence of their batch.
+- all int32, padded with the padding id (`[PAD]` = 0 for the package's
+  vocabularies; `SpecialIds.label_padding` for the labels) to the longest
+  sequence of their batch.
 
 Length policy (`max_length`, counted in tokens, `[START]`/`[END]` included):
 - `"drop"` (default): pairs whose source or target does not fit are left out;
@@ -28,7 +30,7 @@ stalled up to 20 s an epoch).
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer.data.special_tokens import END_ID, START_ID
+from keras_transformer.data.special_tokens import special_ids_of
 
 _LENGTH_POLICIES = ("drop", "truncate")
 DEFAULT_BOUNDARIES = (8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -54,6 +56,7 @@ def translation_dataset(
     shuffle_buffer=None,
     seed=None,
     cache=True,
+    special_ids=None,
 ):
     """Teacher-forced translation batches from `(source, target)` strings.
 
@@ -72,6 +75,9 @@ def translation_dataset(
         shuffle_buffer: examples to shuffle over (None: no shuffling).
         seed: shuffling seed.
         cache: whether to cache the tokenized examples in memory.
+        special_ids: a `SpecialIds`: the start and end ids around the
+            target, the padding ids (default: the target tokenizer's,
+            `special_ids_of`, else the package's reserved ids).
 
     Returns:
         A `tf.data.Dataset` of `((source_ids, target_input_ids),
@@ -81,6 +87,7 @@ def translation_dataset(
         raise ValueError(
             f"`length_policy` must be one of {_LENGTH_POLICIES}. Received: {length_policy!r}"
         )
+    special = special_ids_of(special_ids if special_ids is not None else target_tokenizer)
     if isinstance(pairs, tf.data.Dataset):
         dataset = pairs
     else:
@@ -103,8 +110,8 @@ def translation_dataset(
         dataset = dataset.map(lambda s, t: (s[:max_length], t[: max_length - 1]))
 
     def teacher_forcing(source, target):
-        start = tf.constant([START_ID], tf.int32)
-        end = tf.constant([END_ID], tf.int32)
+        start = tf.constant([special.start], tf.int32)
+        end = tf.constant([special.end], tf.int32)
         return source, tf.concat([start, target], 0), tf.concat([target, end], 0)
 
     dataset = dataset.map(teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE)
@@ -112,15 +119,18 @@ def translation_dataset(
         dataset = dataset.cache()
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = _batch(dataset, batch_size, bucket_boundaries, tokens_per_batch, max_length)
+    padding = (special.pad, special.pad, special.label_padding)
+    dataset = _batch(dataset, batch_size, bucket_boundaries, tokens_per_batch, max_length,
+                     padding)
     dataset = dataset.map(lambda s, ti, tl: ((s, ti), tl))
     return _with_options(dataset).prefetch(tf.data.AUTOTUNE)
 
 
-def _batch(dataset, batch_size, boundaries, tokens_per_batch, max_length):
+def _batch(dataset, batch_size, boundaries, tokens_per_batch, max_length, padding=(0, 0, 0)):
     shapes = ([None], [None], [None])
+    padding = tuple(tf.constant(value, tf.int32) for value in padding)
     if not boundaries:
-        return dataset.padded_batch(batch_size, padded_shapes=shapes)
+        return dataset.padded_batch(batch_size, padded_shapes=shapes, padding_values=padding)
     # Every kept example is at most `max_length` long: the last bucket ends
     # there (padding to a boundary needs a finite last one).
     boundaries = [b for b in boundaries if b <= max_length] + [max_length + 1]
@@ -134,6 +144,7 @@ def _batch(dataset, batch_size, boundaries, tokens_per_batch, max_length):
         bucket_boundaries=boundaries,
         bucket_batch_sizes=sizes,
         padded_shapes=shapes,
+        padding_values=padding,
         # A few fixed widths: an XLA-compiled model compiles once per shape.
         pad_to_bucket_boundary=True,
     )

@@ -15,7 +15,7 @@ is only what comes in and goes out (ids or strings, compiled how).
 
 from keras import ops
 
-from keras_transformer.data.special_tokens import END_ID, START_ID
+from keras_transformer.data.special_tokens import DEFAULT_SPECIAL_IDS, special_ids_of
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.steppers import CausalLMStepper, EncoderDecoderStepper, Stepper
 
@@ -37,9 +37,16 @@ class SearchCore:
         decoding: a `DecodingConfig` (default: greedy).
         kind: None (either), `"encoder_decoder"` or `"causal_lm"`: the kind
             of model the caller needs (another kind is a `ValueError`).
+        special_ids: a `SpecialIds`: the start, end, padding and suppressed
+            ids. Default: the model's (`DecodingTraits.special_ids`), else
+            `fallback`'s (a tokenizer), else the package's reserved ids.
+        fallback: where special ids come from when neither `special_ids`
+            nor the model names them (the front doors pass their target
+            tokenizer).
     """
 
-    def __init__(self, model, max_length, decoding=None, *, kind=None):
+    def __init__(self, model, max_length, decoding=None, *, kind=None, special_ids=None,
+                 fallback=None):
         if kind not in _STEPPERS:
             raise ValueError(f"`kind` must be one of {sorted(map(str, _STEPPERS))}. "
                              f"Received: {kind!r}")
@@ -51,6 +58,10 @@ class SearchCore:
                 f"`max_length` must be in [1, {limit}] (the positions the model accepts): "
                 f"the decoder is fed positions 0 … max_length - 1. Received: {max_length}")
         self.decoding = decoding or DecodingConfig()
+        if special_ids is None:
+            special_ids = self.stepper.traits.special_ids
+        self.special_ids = special_ids_of(special_ids if special_ids is not None
+                                          else fallback, DEFAULT_SPECIAL_IDS)
 
     @property
     def is_encoder_decoder(self):
@@ -60,7 +71,8 @@ class SearchCore:
         """`(ids (B, max_length), scores (B,))` for a batch.
 
         Args:
-            inputs: encoder–decoder: source ids `(B, S)` int, 0 = padding.
+            inputs: encoder–decoder: source ids `(B, S)` int, right-padded
+                with the padding id.
                 Decoder-only: prompts `(B, P)` int, position 0 first.
             prompt_lengths: decoder-only: `(B,)` int prompt lengths (≥ 1).
             seed: scalar sampling seed, or None for the config's.
@@ -68,12 +80,13 @@ class SearchCore:
         stepper = self.stepper
         if stepper.is_encoder_decoder:
             state = stepper.initial_state(inputs, self.max_length)
-            first = ops.full((ops.shape(inputs)[0],), START_ID, "int32")
-            return self.decoding.search(stepper, state, first, self.max_length, seed=seed)
+            first = ops.full((ops.shape(inputs)[0],), self.special_ids.start, "int32")
+            return self.decoding.search(stepper, state, first, self.max_length, seed=seed,
+                                        special_ids=self.special_ids)
         state = stepper.initial_state(ops.shape(inputs)[0], self.max_length)
         return self.decoding.search(stepper, state, inputs[:, 0], self.max_length,
                                     forced_ids=inputs, forced_lengths=prompt_lengths,
-                                    seed=seed)
+                                    seed=seed, special_ids=self.special_ids)
 
     def greedy_with_attention(self, source_ids):
         """Greedy decoding of one source, eagerly, with the cross-attention.
@@ -83,19 +96,19 @@ class SearchCore:
 
         Returns:
             `(tokens, attention)`: the generated ids up to and including
-            `[END]`, and per step a list (one entry per decoder block) of
+            the end id, and per step a list (one entry per decoder block) of
             `(N, S)` cross-attention probabilities.
         """
         stepper = self.stepper
         state = stepper.initial_state(source_ids, self.max_length)
-        token = ops.convert_to_tensor([START_ID], "int32")
+        token = ops.convert_to_tensor([self.special_ids.start], "int32")
         tokens, attention = [], []
         for index in range(self.max_length):
             logits, state, scores = stepper.step_with_attention(token, index, state)
             token = ops.cast(ops.argmax(logits, axis=-1), "int32")
             tokens.append(int(ops.convert_to_numpy(token)[0]))
             attention.append([ops.convert_to_numpy(block[0]) for block in scores])
-            if tokens[-1] == END_ID:
+            if tokens[-1] == self.special_ids.end:
                 break
         return tokens, attention
 
@@ -108,6 +121,11 @@ class SearchFront:
     def decoding(self):
         """The `DecodingConfig` of the search."""
         return self.core.decoding
+
+    @property
+    def special_ids(self):
+        """The `SpecialIds` the search reads (start, end, padding, suppressed)."""
+        return self.core.special_ids
 
     @property
     def stepper(self):

@@ -63,13 +63,14 @@ class DecodingConfig:
             raise ValueError(f"`top_p` must be in (0, 1]. Received: top_p={self.top_p}")
 
     def search(self, stepper, state, first_ids, max_length, *, forced_ids=None,
-               forced_lengths=None, seed=None):
+               forced_lengths=None, seed=None, special_ids=None):
         """Runs the configured search; returns `(ids (B, max_length), scores (B,))`.
 
         Arguments are those of `keras_transformer.generation.search`; `seed`
         (a scalar, or None for `self.seed`) is used by `"sample"` only.
         """
-        forced = dict(forced_ids=forced_ids, forced_lengths=forced_lengths)
+        forced = dict(forced_ids=forced_ids, forced_lengths=forced_lengths,
+                      special_ids=special_ids)
         if self.strategy == "beam":
             return search.beam_search(stepper, state, first_ids, max_length,
                                       beam_size=self.beam_size, alpha=self.length_penalty,

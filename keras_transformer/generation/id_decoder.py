@@ -30,13 +30,16 @@ class IdDecoder(SearchFront):
         compile: bool, whether to compile the search with XLA (TensorFlow,
             JAX; ignored under PyTorch).
         source_length_bucket: int or None (default). Encoder–decoder
-            sources are padded (with 0) to a multiple of this, so that XLA
+            sources are padded (with the padding id) to a multiple of this, so that XLA
             compiles once per batch size and padded width rather than once
             per width given (at the cost of the padding's work). None:
             sources are decoded at the width given.
+        special_ids: a `SpecialIds` (default: the model's, else the
+            package's reserved ids): start, end, padding, suppressed ids.
 
     Call arguments:
-        inputs: encoder–decoder: source ids `(B, S)` int, 0 = padding.
+        inputs: encoder–decoder: source ids `(B, S)` int, right-padded with
+            the padding id (`special_ids.pad`).
             Decoder-only: prompts `(B, P)` int, each starting with its first
             token (position 0).
         prompt_lengths: decoder-only only: `(B,)` int, each prompt's length
@@ -45,15 +48,15 @@ class IdDecoder(SearchFront):
 
     Returns:
         `(ids, scores)` as NumPy arrays: `(B, max_length)` int32 ids of
-        positions 1 … max_length (`[PAD]` after `[END]`), `(B,)` float32
+        positions 1 … max_length (padding after the end id), `(B,)` float32
         log-probabilities of the chosen tokens.
     """
 
     def __init__(self, model, max_length, decoding=None, compile=True,
-                 source_length_bucket=None):
+                 source_length_bucket=None, special_ids=None):
         self.model = model
         self.source_length_bucket = source_length_bucket
-        self.core = SearchCore(model, max_length, decoding)
+        self.core = SearchCore(model, max_length, decoding, special_ids=special_ids)
         self.compile = compile
         self._compiled = None
 
@@ -92,7 +95,8 @@ class IdDecoder(SearchFront):
         limit = getattr(self.stepper.decoder, "max_length", None)
         if limit is not None and width > limit:
             return inputs
-        return np.pad(inputs, ((0, 0), (0, width - inputs.shape[1])))
+        return np.pad(inputs, ((0, 0), (0, width - inputs.shape[1])),
+                      constant_values=self.special_ids.pad)
 
     def __call__(self, inputs, prompt_lengths=None, seed=None):
         inputs = np.asarray(inputs, "int32")

@@ -8,7 +8,7 @@ every Keras backend. When the model's cache can grow
 than `max_length` positions. XLA compiles the search once per batch shape
 (`tf.function(jit_compile=True)` under TensorFlow, where it also exports to
 a SavedModel; `jax.jit` under JAX); under PyTorch it runs eagerly. The
-search stops as soon as every row has produced `[END]` (or after
+search stops as soon as every row has produced its end token (`[END]`) (or after
 `max_length` steps).
 
 Shared arguments:
@@ -21,22 +21,25 @@ Shared arguments:
         is copied for its first `forced_lengths[b]` positions instead of
         being chosen (teacher forcing through the cache).
     forced_lengths: `(B,)` int, each prompt's length (≥ 1).
+    special_ids: a `SpecialIds` (default: the package's): the search ends a
+        row at `end`, fills it with `pad` after, and never chooses an id of
+        `suppressed`.
 
-`[PAD]` is never chosen (it is not a token a model should emit; a `[PAD]`
-mid-sequence would be read as padding by a full pass, so the cached and the
-full-pass decoders would part ways after it).
+The package's vocabularies suppress `[PAD]` (it is not a token a model should
+emit; a `[PAD]` mid-sequence would be read as padding by a full pass, so the
+cached and the full-pass decoders would part ways after it).
 
 Outputs are `(ids, scores)`: `ids` `(B, max_length)` int32, the tokens for
-positions 1..max_length (prompt tokens included), `[PAD]` after `[END]` only;
+positions 1..max_length (prompt tokens included), `pad` after `end` only;
 `scores` `(B,)` float32, the model's log-probability of the chosen
-(non-forced) tokens up to and including `[END]`.
+(non-forced) tokens up to and including `end`.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_transformer.data.special_tokens import END_ID, PAD_ID
+from keras_transformer.data.special_tokens import DEFAULT_SPECIAL_IDS
 
 _NEG_INF = -1e9
 
@@ -51,10 +54,15 @@ def _forced_token(forced_ids, forced_lengths, position, batch_size):
     return ops.cast(token, "int32"), position < forced_lengths
 
 
-def _without_pad(logits):
-    """Logits `(B, V)` with `[PAD]` made impossible to choose."""
-    vocab = ops.shape(logits)[-1]
-    return ops.where(ops.arange(vocab) == PAD_ID, _NEG_INF, ops.cast(logits, "float32"))
+def _suppress(logits, suppressed):
+    """Float32 logits `(B, V)` with the ids `suppressed` made impossible to choose."""
+    logits = ops.cast(logits, "float32")
+    if not suppressed:
+        return logits
+    vocab_ids = ops.arange(ops.shape(logits)[-1], dtype="int32")
+    banned = ops.any(vocab_ids[:, None] == ops.convert_to_tensor(suppressed, "int32")[None],
+                     axis=1)
+    return ops.where(banned[None], _NEG_INF, logits)
 
 
 def _write(buffer, column, values):
@@ -110,7 +118,9 @@ def _while_loop(stepper, cond, body, loop_vars, max_length):
     return loop_vars
 
 
-def _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_lengths):
+def _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_lengths,
+            special_ids):
+    special = special_ids or DEFAULT_SPECIAL_IDS
     first_ids = ops.cast(first_ids, "int32")
     batch_size = ops.shape(first_ids)[0]
     if forced_ids is not None:
@@ -121,30 +131,32 @@ def _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_le
     def body(i, token, ids, finished, scores, state):
         logits, state = stepper.step(token, i, state)
         log_probs = ops.log_softmax(logits)
-        chosen = ops.cast(choose(_without_pad(logits), i), "int32")
+        chosen = ops.cast(choose(_suppress(logits, special.suppressed), i), "int32")
         forced, is_forced = _forced_token(forced_ids, forced_lengths, i + 1, batch_size)
         next_token = ops.where(is_forced, forced, chosen)
-        next_token = ops.where(finished, PAD_ID, next_token)
+        next_token = ops.where(finished, special.pad, next_token)
         gained = ops.take_along_axis(log_probs, next_token[:, None], axis=1)[:, 0]
         scores = scores + ops.where(finished | is_forced, 0.0, gained)
         ids = _write(ids, i, next_token)
-        finished = finished | ((next_token == END_ID) & ~is_forced)
+        finished = finished | ((next_token == special.end) & ~is_forced)
         return i + 1, next_token, ids, finished, scores, state
 
     def cond(i, token, ids, finished, scores, state):
         return (i < max_length) & ~ops.all(finished)
 
     loop_vars = (ops.convert_to_tensor(0, "int32"), first_ids,
-                 ops.zeros([batch_size, max_length], "int32"), ops.zeros([batch_size], "bool"),
+                 ops.full([batch_size, max_length], special.pad, "int32"), ops.zeros([batch_size], "bool"),
                  ops.zeros([batch_size], "float32"), state)
     _, _, ids, _, scores, _ = _while_loop(stepper, cond, body, loop_vars, max_length)
     return ids, scores
 
 
-def greedy_search(stepper, state, first_ids, max_length, forced_ids=None, forced_lengths=None):
+def greedy_search(stepper, state, first_ids, max_length, forced_ids=None, forced_lengths=None,
+                  special_ids=None):
     """The most probable token at every step."""
     return _search(stepper, state, first_ids, max_length,
-                   lambda logits, i: ops.argmax(logits, axis=-1), forced_ids, forced_lengths)
+                   lambda logits, i: ops.argmax(logits, axis=-1), forced_ids, forced_lengths,
+                   special_ids)
 
 
 def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
@@ -188,7 +200,7 @@ def _stateless_categorical(logits, seed, step):
 
 
 def sample(stepper, state, first_ids, max_length, *, temperature=1.0, top_k=0, top_p=1.0,
-           seed=0, forced_ids=None, forced_lengths=None):
+           seed=0, forced_ids=None, forced_lengths=None, special_ids=None):
     """Random tokens from the filtered distribution; the same `seed` gives
     the same output (stateless random ops, one seed per step)."""
     if temperature <= 0:
@@ -201,7 +213,8 @@ def sample(stepper, state, first_ids, max_length, *, temperature=1.0, top_k=0, t
         filtered = filter_logits(logits, temperature, top_k, top_p)
         return _stateless_categorical(filtered, seed, i)
 
-    return _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_lengths)
+    return _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_lengths,
+                   special_ids)
 
 
 def length_penalty(lengths, alpha):
@@ -210,12 +223,12 @@ def length_penalty(lengths, alpha):
 
 
 def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6,
-                forced_ids=None, forced_lengths=None):
+                forced_ids=None, forced_lengths=None, special_ids=None):
     """Beam search with GNMT's length penalty.
 
     Keeps the `beam_size` most probable prefixes per row (by summed
-    log-probability); a beam that produced `[END]` keeps its score and
-    continues with `[PAD]` at no cost. The result per row is the beam with
+    log-probability); a beam that produced `end` keeps its score and
+    continues with `pad` at no cost. The result per row is the beam with
     the best `score / ((5 + length) / 6) ** alpha` (`alpha=0`: the most
     probable).
 
@@ -232,6 +245,7 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
     if beam_size < 1:
         raise ValueError(f"`beam_size` must be >= 1. Received: {beam_size}")
     k = beam_size
+    special = special_ids or DEFAULT_SPECIAL_IDS
     first_ids = ops.cast(first_ids, "int32")
     batch_size = ops.shape(first_ids)[0]
     flat = batch_size * k
@@ -258,17 +272,16 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
 
     def body(i, token, ids, finished, lengths, scores, state):
         logits, state = stepper.step(token, i, state)
-        log_probs = ops.log_softmax(logits)  # [B·k, V]
+        log_probs = _suppress(ops.log_softmax(logits), special.suppressed)  # [B·k, V]
         vocab = ops.shape(log_probs)[1]
         vocab_ids = ops.arange(vocab, dtype="int32")
-        log_probs = ops.where(vocab_ids == PAD_ID, _NEG_INF, log_probs)  # never chosen
         forced, is_forced = _forced_token(forced_ids, forced_lengths, i + 1, flat)
 
         def only(token):  # log-probabilities that allow `token` alone
             return ops.where(vocab_ids[None] == token[:, None], 0.0, _NEG_INF)
 
         log_probs = ops.where(is_forced[:, None], only(forced), log_probs)
-        log_probs = ops.where(finished[:, None], only(ops.full_like(forced, PAD_ID)),
+        log_probs = ops.where(finished[:, None], only(ops.full_like(forced, special.pad)),
                               log_probs)
         candidates = ops.reshape(scores, [-1, 1]) + log_probs  # [B·k, V]
         candidates = ops.reshape(candidates, [-1, k * vocab])
@@ -282,14 +295,14 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
         was_finished = _take_rows(finished, rows)
         lengths = _take_rows(lengths, rows) + ops.cast(~was_finished, "int32")
         is_forced = _take_rows(is_forced, rows)
-        finished = was_finished | ((new_token == END_ID) & ~is_forced)
+        finished = was_finished | ((new_token == special.end) & ~is_forced)
         return i + 1, new_token, ids, finished, lengths, scores, state
 
     def cond(i, token, ids, finished, lengths, scores, state):
         return (i < max_length) & ~ops.all(rows_done(finished, lengths, scores))
 
     loop_vars = (ops.convert_to_tensor(0, "int32"), ops.repeat(first_ids, k, axis=0),
-                 ops.zeros([flat, max_length], "int32"), ops.zeros([flat], "bool"),
+                 ops.full([flat, max_length], special.pad, "int32"), ops.zeros([flat], "bool"),
                  ops.zeros([flat], "int32"), initial_scores, state)
     _, _, ids, finished, lengths, scores, _ = _while_loop(
         stepper, cond, body, loop_vars, max_length)

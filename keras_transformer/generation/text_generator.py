@@ -12,39 +12,53 @@ signature.
 
 Prompts longer than `max_length - 1` tokens keep their last `max_length - 1`
 tokens (documented truncation); an empty prompt is refused with a clear
-`InvalidArgumentError` (there is no token to continue from).
+`InvalidArgumentError` (there is no token to continue from), unless the
+model's prompts begin with a start token (`SpecialIds.prompt_start`, GPT-2's
+and Llama's), which is then the first token of every prompt.
 """
 
 import tensorflow as tf
 
 from keras_transformer import _deprecation
+from keras_transformer.data.special_tokens import DEFAULT_SPECIAL_IDS
 from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.steppers import model_variables
+from keras_transformer.generation.translator import strip_special
 from keras_transformer.models.cached_decoding import cached_decoder
 
 
-def tokenize_prompt(tokenizer, prompt, max_length):
+def tokenize_prompt(tokenizer, prompt, max_length, special_ids=None):
     """`(B,)` prompts → `((B, max_length - 1) int32 ids, (B,) int32 lengths)`.
 
-    A prompt keeps its last `max_length - 1` tokens; an empty prompt is an
-    `InvalidArgumentError` (there is no token to continue from).
+    A prompt keeps its last `max_length - 1` tokens, padded with
+    `special_ids.pad`. With `special_ids.prompt_start`, every prompt begins
+    with the start id (and keeps its last `max_length - 2` tokens); without,
+    an empty prompt is an `InvalidArgumentError` (there is no token to
+    continue from).
     """
+    special = special_ids or DEFAULT_SPECIAL_IDS
     ids = tokenizer(prompt)
     if isinstance(ids, list):  # keras-hub gives Python lists when run eagerly
         ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
     ids = tf.cast(ids, tf.int32)
+    keep = max_length - 1
+    if special.prompt_start:
+        ids = ids[:, -(keep - 1):] if keep > 1 else ids[:, :0]
+        start = tf.fill([ids.nrows(), 1], tf.constant(special.start, tf.int32))
+        ids = tf.concat([tf.RaggedTensor.from_tensor(start), ids], axis=1)
     lengths = ids.row_lengths()
     tf.debugging.assert_positive(lengths, message="Every prompt must have at least one "
                                                   "token; received an empty prompt.")
-    keep = max_length - 1
     ids = ids[:, -keep:]  # the end of a long prompt
-    return ids.to_tensor(shape=[None, keep]), tf.cast(tf.minimum(lengths, keep), tf.int32)
+    return (ids.to_tensor(shape=[None, keep], default_value=special.pad),
+            tf.cast(tf.minimum(lengths, keep), tf.int32))
 
 
-def detokenize_sequence(tokenizer, ids):
-    """`(B, L)` ids (0 = padding, after the end) → `(B,)` strings."""
-    return tokenizer.detokenize(tf.RaggedTensor.from_tensor(ids, padding=0))
+def detokenize_sequence(tokenizer, ids, special_ids=None):
+    """`(B, L)` ids → `(B,)` strings, each cut at its first end id and without
+    the special ids (`strip_special`)."""
+    return tokenizer.detokenize(strip_special(ids, special_ids))
 
 
 class TextGenerator(SearchFront, tf.Module):
@@ -64,6 +78,11 @@ class TextGenerator(SearchFront, tf.Module):
             (`temperature=0`: greedy); used when `decoding` is None. With
             neither, sampling at temperature 1.
         jit_compile: bool, compile the search with XLA.
+        special_ids: a `SpecialIds`: the end id, padding, the ids never
+            generated or shown, whether prompts begin with the start id.
+            Default: the model's (`TransformerModel.special_ids`), else the
+            tokenizer's (`special_ids_of`: a keras-hub GPT-2 or Llama
+            tokenizer names its own), else the package's reserved ids.
 
     `generate(prompt, seed)`: `prompt` `(B,)` string, `seed` int32 scalar →
     `{"text": (B,) prompt + continuation, "token_ids": (B, max_length - 1)
@@ -72,7 +91,8 @@ class TextGenerator(SearchFront, tf.Module):
     """
 
     def __init__(self, model, tokenizer, *, max_length, decoding=None, temperature=None,
-                 top_k=None, top_p=None, jit_compile=True, name="text_generator"):
+                 top_k=None, top_p=None, jit_compile=True, special_ids=None,
+                 name="text_generator"):
         super().__init__(name=name)
         if decoding is not None and (temperature, top_k, top_p) != (None, None, None):
             raise ValueError("Pass either `decoding` or the older `temperature`/`top_k`/"
@@ -93,7 +113,8 @@ class TextGenerator(SearchFront, tf.Module):
                              f"Received: {max_length}")
         self.max_length = int(max_length)
         # The prompt's first token is position 0; the search fills the rest.
-        self.core = SearchCore(model, self.max_length - 1, decoding, kind="causal_lm")
+        self.core = SearchCore(model, self.max_length - 1, decoding, kind="causal_lm",
+                               special_ids=special_ids, fallback=tokenizer)
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
 
     def _search_ids(self, prompt_ids, lengths, seed):
@@ -120,7 +141,7 @@ class TextGenerator(SearchFront, tf.Module):
         return self.decoding.top_p
 
     def _tokenize(self, prompt):
-        return tokenize_prompt(self.tokenizer, prompt, self.max_length)
+        return tokenize_prompt(self.tokenizer, prompt, self.max_length, self.special_ids)
 
     def serving_signatures(self):
         """The SavedModel signatures `export_saved_model` writes: `serving_default`
@@ -136,9 +157,11 @@ class TextGenerator(SearchFront, tf.Module):
     def generate(self, prompt, seed):
         prompt_ids, lengths = self._tokenize(prompt)
         token_ids, scores = self._search(prompt_ids, lengths, seed)
-        full = tf.concat([prompt_ids[:, :1], token_ids], axis=1)
-        # Token id 0 is padding; the model never emits it before the end.
-        text = detokenize_sequence(self.tokenizer, full)
+        # Position 0: the start id (not shown; GPT-2's is also its end id),
+        # or the prompt's first token.
+        full = (token_ids if self.special_ids.prompt_start
+                else tf.concat([prompt_ids[:, :1], token_ids], axis=1))
+        text = detokenize_sequence(self.tokenizer, full, self.special_ids)
         return {"text": text, "token_ids": token_ids, "scores": scores}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt")])

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_transformer import _deprecation
 from keras_transformer._optional import require
-from keras_transformer.data.special_tokens import END_ID, RESERVED_TOKENS
+from keras_transformer.data.special_tokens import DEFAULT_SPECIAL_IDS
 from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.steppers import model_variables
@@ -30,16 +30,21 @@ _SPACE_BEFORE = r" ([.,;:!?)\]}»%])"
 _SPACE_AFTER = r"([¿¡(\[{«]) "
 
 
-def strip_special(ids):
-    """Ragged ids without reserved tokens, each row cut at its first `[END]`."""
+def strip_special(ids, special_ids=None):
+    """Ragged ids cut at each row's first end id, without the ids
+    `special_ids.removed` (start, end, padding; the package's reserved ids by
+    default)."""
+    special = special_ids or DEFAULT_SPECIAL_IDS
     ids = tf.convert_to_tensor(ids, tf.int32)
-    ended = tf.cumsum(tf.cast(ids == END_ID, tf.int32), axis=1) > 0
-    keep = ~ended & (ids >= len(RESERVED_TOKENS))
+    ended = tf.cumsum(tf.cast(ids == special.end, tf.int32), axis=1) > 0
+    removed = tf.constant(special.removed, tf.int32)
+    keep = ~ended & ~tf.reduce_any(ids[..., None] == removed, axis=-1)
     return tf.ragged.boolean_mask(ids, keep)
 
 
-def tokenize_source(tokenizer, text, max_length):
-    """`(B,)` strings → `(B, max_length)` int32 ids (truncated, 0-padded), in graph ops.
+def tokenize_source(tokenizer, text, max_length, pad_id=0):
+    """`(B,)` strings → `(B, max_length)` int32 ids (truncated, padded with
+    `pad_id`), in graph ops.
 
     Bytes that are not UTF-8 become U+FFFD (the replacement character)
     instead of failing the batch.
@@ -49,14 +54,15 @@ def tokenize_source(tokenizer, text, max_length):
     if isinstance(ids, list):  # keras-hub gives Python lists when run eagerly
         ids = tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
     if isinstance(ids, tf.RaggedTensor):
-        ids = ids.to_tensor(shape=[None, max_length])
+        ids = ids.to_tensor(shape=[None, max_length], default_value=tf.cast(pad_id, ids.dtype))
     return tf.cast(ids[:, :max_length], tf.int32)
 
 
-def detokenize_target(tokenizer, ids):
-    """`(B, L)` ids → `(B,)` strings: reserved tokens dropped, each row cut at
-    its first `[END]`, WordPiece's spaces around punctuation removed."""
-    text = tokenizer.detokenize(strip_special(ids))
+def detokenize_target(tokenizer, ids, special_ids=None):
+    """`(B, L)` ids → `(B,)` strings: special ids dropped, each row cut at
+    its first end id (`strip_special`), WordPiece's spaces around punctuation
+    removed."""
+    text = tokenizer.detokenize(strip_special(ids, special_ids))
     # By class name, not `isinstance`: importing keras-hub here would run
     # inside the traced signature, where AutoGraph warns about the import.
     if any(cls.__name__ == "WordPieceTokenizer" for cls in type(tokenizer).__mro__):
@@ -91,6 +97,11 @@ class Translator(SearchFront, tf.Module):
             > 1`) with GNMT's length penalty `alpha`; used when `decoding`
             is None.
         jit_compile: bool, compile the search with XLA.
+        special_ids: a `SpecialIds`: the decoder's start id, the end id, the
+            padding id sources are padded with, the ids never generated and
+            those dropped from the text. Default: the model's
+            (`TransformerModel.special_ids`), else the target tokenizer's
+            (`special_ids_of`), else the package's reserved ids.
 
     Call `translate(text)` with `text` a `(B,)` `tf.string` tensor; it returns
     `{"translation": (B,) string, "token_ids": (B, max_length) int32,
@@ -100,7 +111,7 @@ class Translator(SearchFront, tf.Module):
 
     def __init__(self, model, source_tokenizer, target_tokenizer, *, max_length,
                  decoding=None, beam_size=None, alpha=None, jit_compile=True,
-                 source_length_bucket=8, name="translator"):
+                 source_length_bucket=8, special_ids=None, name="translator"):
         super().__init__(name=name)
         if max_length < 1:
             raise ValueError(f"`max_length` must be >= 1. Received: {max_length}")
@@ -121,7 +132,8 @@ class Translator(SearchFront, tf.Module):
                              f"{source_length_bucket}")
         self.source_length_bucket = source_length_bucket
         decoding = decoding or DecodingConfig.from_legacy(beam_size=beam_size, alpha=alpha)
-        self.core = SearchCore(model, max_length, decoding, kind="encoder_decoder")
+        self.core = SearchCore(model, max_length, decoding, kind="encoder_decoder",
+                               special_ids=special_ids, fallback=target_tokenizer)
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
         require("keras_hub", "data", "Translator's tokenizers")
 
@@ -143,16 +155,17 @@ class Translator(SearchFront, tf.Module):
         return self.decoding.length_penalty
 
     def tokenize(self, text):
-        """`(B,)` strings → `(B, max_length)` int32 source ids (truncated, 0-padded).
+        """`(B,)` strings → `(B, max_length)` int32 source ids (truncated, padded).
 
         Bytes that are not UTF-8 become U+FFFD (the replacement character)
         instead of failing the batch.
         """
-        return tokenize_source(self.source_tokenizer, text, self.max_length)
+        return tokenize_source(self.source_tokenizer, text, self.max_length,
+                               self.special_ids.pad)
 
     def detokenize(self, ids):
-        """`(B, L)` target ids → `(B,)` strings (reserved tokens dropped, cut at `[END]`)."""
-        return detokenize_target(self.target_tokenizer, ids)
+        """`(B, L)` target ids → `(B,)` strings (special ids dropped, cut at the end id)."""
+        return detokenize_target(self.target_tokenizer, ids, self.special_ids)
 
     def serving_signatures(self):
         """The SavedModel signatures `export_saved_model` writes."""
@@ -173,19 +186,20 @@ class Translator(SearchFront, tf.Module):
         source_ids = source_ids[:, : self.max_length]
         width = tf.shape(source_ids)[1]
         padded = self.max_length
+        pad = self.special_ids.pad
         if self.source_length_bucket is not None:
             bucket = self.source_length_bucket
             # One past the last real token of any row: only padding is cut.
-            ends = tf.where(source_ids != 0, tf.range(1, width + 1)[None], 0)
+            ends = tf.where(source_ids != pad, tf.range(1, width + 1)[None], 0)
             longest = tf.maximum(tf.reduce_max(ends), 1)  # 1 for an empty batch
             padded = tf.minimum(-(-longest // bucket) * bucket, self.max_length)
             source_ids = source_ids[:, :padded]
             width = tf.shape(source_ids)[1]
-        source_ids = tf.pad(source_ids, [[0, 0], [0, padded - width]])
+        source_ids = tf.pad(source_ids, [[0, 0], [0, padded - width]], constant_values=pad)
         token_ids, scores = self._search(source_ids)
         # A source with no token translates to nothing (not to a made-up sentence).
-        empty = tf.reduce_all(tf.equal(source_ids, 0), axis=1)
-        token_ids = tf.where(empty[:, None], tf.zeros_like(token_ids), token_ids)
+        empty = tf.reduce_all(tf.equal(source_ids, pad), axis=1)
+        token_ids = tf.where(empty[:, None], tf.fill(tf.shape(token_ids), pad), token_ids)
         scores = tf.where(empty, tf.zeros_like(scores), scores)
         return {"token_ids": token_ids, "scores": scores}
 

@@ -42,7 +42,9 @@ class PositionalEmbedding(keras.layers.Layer):
 
     With `mask_zero=True`, token id 0 is padding: the layer produces the
     padding mask `token_ids != 0` (True = real token), which Keras passes on to
-    the following layers.
+    the following layers. A vocabulary whose padding is another id (BART's
+    `<pad>` = 1) sets `padding_id`; one whose every id is a real token
+    (GPT-2's) sets `mask_zero=False` and no `padding_id`: no mask.
 
     Args:
         vocab_size: int, number of token ids.
@@ -55,7 +57,11 @@ class PositionalEmbedding(keras.layers.Layer):
             added positions: the blocks rotate queries and keys, `rotary=True`;
             `"none"` is the same).
         scale: bool, whether to multiply the token embedding by √embed_dim.
-        mask_zero: bool, whether token id 0 is padding and produces a mask.
+        mask_zero: bool, whether token id 0 is padding and produces a mask
+            (when `padding_id` is None).
+        padding_id: int or None. When set, the id that is padding and
+            produces the mask `token_ids != padding_id` (whatever
+            `mask_zero` says).
         embeddings_initializer: initializer of the token (and learned
             position) embeddings. The default, normal with stddev
             `embed_dim^-0.5`, keeps the scaled token embedding near unit size.
@@ -85,7 +91,7 @@ class PositionalEmbedding(keras.layers.Layer):
 
     Returns:
         `(B, T, embed_dim)` embeddings, with the padding mask `(B, T)` attached
-        when `mask_zero=True`; with `reverse=True`, float32 logits.
+        when the layer has a padding id; with `reverse=True`, float32 logits.
 
     Example:
 
@@ -108,6 +114,7 @@ class PositionalEmbedding(keras.layers.Layer):
         scale=True,
         mask_zero=True,
         embeddings_initializer=None,
+        padding_id=None,
         reverse_compute_dtype=None,
         quantization=None,
         **kwargs,
@@ -126,14 +133,19 @@ class PositionalEmbedding(keras.layers.Layer):
         self.embed_dim = embed_dim
         self.positions = positions
         self.scale = scale
+        if padding_id is not None and (isinstance(padding_id, bool) or
+                                       not 0 <= int(padding_id) < vocab_size):
+            raise ValueError(f"`padding_id` must be None or an id in [0, {vocab_size}). "
+                             f"Received: padding_id={padding_id!r}")
         self.mask_zero = mask_zero
+        self.padding_id = None if padding_id is None else int(padding_id)
         self.reverse_compute_dtype = reverse_compute_dtype
         if embeddings_initializer is None:
             embeddings_initializer = keras.initializers.RandomNormal(
                 stddev=embed_dim**-0.5
             )
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
-        self.supports_masking = mask_zero
+        self.supports_masking = self.mask_id is not None
 
     def build(self, token_ids_shape=None):
         if self.quantization == "int8":
@@ -254,12 +266,20 @@ class PositionalEmbedding(keras.layers.Layer):
                 "Truncate the input or build the layer with a larger `max_length`."
             )
 
+    @property
+    def mask_id(self):
+        """The id the layer masks as padding (`padding_id`, else 0 with
+        `mask_zero`), or None."""
+        if self.padding_id is not None:
+            return self.padding_id
+        return 0 if self.mask_zero else None
+
     def compute_mask(self, token_ids, mask=None):
         if len(token_ids.shape) == 3:  # reverse: hidden states keep their mask
             return mask
-        if not self.mask_zero:
+        if self.mask_id is None:
             return None
-        return ops.not_equal(token_ids, 0)
+        return ops.not_equal(token_ids, self.mask_id)
 
     def compute_output_spec(self, token_ids, start_index=0, reverse=False):
         if reverse:
@@ -283,6 +303,7 @@ class PositionalEmbedding(keras.layers.Layer):
                 "positions": self.positions,
                 "scale": self.scale,
                 "mask_zero": self.mask_zero,
+                "padding_id": self.padding_id,
                 "reverse_compute_dtype": self.reverse_compute_dtype,
                 "quantization": self.quantization,
                 "embeddings_initializer": keras.initializers.serialize(

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_transformer.data.special_tokens import special_ids_of
 from keras_transformer.layers import (
     DecoderBlock,
     EncoderBlock,
@@ -21,7 +22,37 @@ class TransformerModel(keras.Model):
     `initial_cache`, `call_with_cache`; see
     `keras_transformer.models.cached_decoding`), read from its own graph by
     layer types, so they hold for any names and for reloaded models.
+
+    Args:
+        *args, **kwargs: those of a functional `keras.Model` (`inputs`,
+            `outputs`, `name`, ...).
+        special_ids: a `keras_transformer.data.SpecialIds` (or its dict), the
+            start, end and padding ids of the model's vocabulary, which the
+            searches, `Translator`, `TextGenerator` and the exports read;
+            None (default): the tokenizer's, else the package's reserved ids.
+            Saved with the model (`get_config`).
     """
+
+    def __init__(self, *args, special_ids=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.special_ids = special_ids
+
+    @property
+    def special_ids(self):
+        """The model's `SpecialIds`, or None when it names none."""
+        return self.__dict__.get("_special_ids")
+
+    @special_ids.setter
+    def special_ids(self, value):
+        if value is not None:
+            value = special_ids_of(value)
+        self.__dict__["_special_ids"] = value  # a plain value, not tracked
+
+    def get_config(self):
+        config = super().get_config()
+        if self.special_ids is not None:
+            config["special_ids"] = self.special_ids.to_dict()
+        return config
 
     def _decoder(self):
         decoder = self.__dict__.get("_structured_decoder")

@@ -21,12 +21,13 @@ Optional attributes: `max_length` (the most positions the model accepts),
 
 Optional method, the protocol's extension point: `decoding_traits()` → a
 `DecodingTraits`, which tells the searches what they may assume about the
-model beyond the three methods (today: which cache entries come from the
-source alone, so beam search never reorders them). A model without it gets
-`DecodingTraits()`, whose every field keeps the searches' general behaviour;
-fields added later (a per-row position `index` `(B,)`, special-token ids
-that belong to the model) default the same way, so a model written against
-today's protocol keeps decoding unchanged.
+model beyond the three methods (which cache entries come from the source
+alone, so beam search never reorders them; which cache entries grow with the
+positions; which token ids start, end and pad its sequences). A model without
+it gets `DecodingTraits()`, whose every field keeps the searches' general
+behaviour; fields added later (a per-row position `index` `(B,)`) default
+the same way, so a model written against today's protocol keeps decoding
+unchanged.
 
 Every functional model assembled from the package's layers has these
 without writing them: `cached_decoder(model)` reads its structure
@@ -79,10 +80,15 @@ class DecodingTraits:
             positions written so far instead of all `max_length`; the
             model's `call_with_cache` then receives such a cache of any
             length ≥ `index + T`. Empty: the cache keeps its full length.
+        special_ids: a `keras_transformer.data.SpecialIds`, the start, end,
+            padding and suppressed ids of the model's vocabulary, or None
+            (the default): the generator's tokenizer says, else the
+            package's `[PAD]`=0, `[START]`=2, `[END]`=3.
     """
 
     static_cache_keys: tuple = ()
     cache_length_axes: tuple = ()
+    special_ids: object = None
 
 
 def decoding_traits(decoder):
@@ -131,8 +137,9 @@ class StructuredDecoder:
     `(B, 2, L, N, H)`; with an encoder, `"cross"`, each block's
     cross-attention keys/values `(B, 2, S, N, H)`, and `"source_mask"`
     `(B, S)` bool. `encode` returns `{"memory": (B, S, D), "source_mask":
-    (B, S)}`. Padding is id 0 where the embedding has `mask_zero=True`;
-    otherwise every source position is attended to, as in the full pass.
+    (B, S)}`. Padding is what the source embedding masks (id 0 with
+    `mask_zero=True`, `padding_id` when set); with no mask every source
+    position is attended to, as in the full pass.
     """
 
     def __init__(self, model):
@@ -154,10 +161,12 @@ class StructuredDecoder:
         the self-attention caches grow with the positions decoded."""
         # Self-attention caches are (B, 2, L, K, H): positions on axis 2.
         growing = (("self", 2),)
+        # A plain functional model may carry `special_ids` as an attribute.
+        special = getattr(self.model, "special_ids", None)
         if self.is_encoder_decoder:
             return DecodingTraits(static_cache_keys=("cross", "source_mask"),
-                                  cache_length_axes=growing)
-        return DecodingTraits(cache_length_axes=growing)
+                                  cache_length_axes=growing, special_ids=special)
+        return DecodingTraits(cache_length_axes=growing, special_ids=special)
 
     def encode(self, source_ids):
         """`(B, S)` ids → `{"memory": (B, S, D), "source_mask": (B, S) bool}`."""

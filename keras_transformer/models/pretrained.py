@@ -12,12 +12,15 @@ Covered so far: **GPT-2** (`GPT2Backbone`: learned positions, pre-LN
 LayerNorm, GELU with the tanh approximation, biases, tied output). Any other
 backbone is a `ValueError` naming it.
 
-Token id 0 is a real token in these vocabularies (GPT-2's `!`), so the
-embedding is built with `mask_zero=False`: the model computes no padding
-mask. With right padding and causal attention, the logits at real positions
-do not depend on the padding; the package's searches and exports still read
-the package's own special ids (`[PAD]`=0, `[START]`=2, `[END]`=3), so decoding
-an imported model with them is not yet right for its vocabulary.
+Special ids. Token id 0 is a real token in these vocabularies (GPT-2's `!`),
+so the embedding is built with `mask_zero=False`: the model computes no
+padding mask, and a caller right-pads a batch (causal attention never reads
+ahead, so the logits at real positions do not depend on the padding). The
+model's `special_ids` (a `SpecialIds`, saved with it) are the tokenizer's:
+the one given, else the task's preprocessor's, else the preset's; a bare
+backbone gets its family's convention (GPT-2: `<|endoftext|>`, the last id,
+starts prompts, ends generation and pads). The searches, `TextGenerator` and
+the exports read them.
 """
 
 import os
@@ -25,11 +28,12 @@ import os
 import keras
 
 from keras_transformer._optional import require
+from keras_transformer.data.special_tokens import SpecialIds, special_ids_of
 from keras_transformer.layers import DecoderBlock, PositionalEmbedding
 from keras_transformer.models.builders import TransformerModel
 
 
-def from_keras_hub(backbone_or_preset):
+def from_keras_hub(backbone_or_preset, tokenizer=None):
     """A functional model of the package's layers with a keras-hub backbone's weights.
 
     Args:
@@ -37,10 +41,13 @@ def from_keras_hub(backbone_or_preset):
             (`keras_hub.models.CausalLM`), or a preset handle for
             `keras_hub.models.Backbone.from_preset` (a local directory written
             by `save_to_preset`, or a name where the network allows).
+        tokenizer: optional keras-hub tokenizer whose special ids the model
+            takes (default: the task's or the preset's, when there is one).
 
     Returns:
         A `TransformerModel`: `model(token_ids)` → float32 logits
-        `(B, T, vocabulary_size)`, equal to the keras-hub task model's.
+        `(B, T, vocabulary_size)`, equal to the keras-hub task model's, with
+        `special_ids` set (see the module docstring).
 
     Raises:
         ValueError: a backbone the layers cannot express yet, named.
@@ -53,7 +60,27 @@ def from_keras_hub(backbone_or_preset):
         raise ValueError(
             f"keras_transformer cannot import a {type(backbone).__name__} yet; it imports "
             f"{sorted(_CONVERTERS)}.")
-    return convert(backbone)
+    model = convert(backbone)
+    tokenizer = tokenizer or preset_tokenizer(backbone_or_preset)
+    model.special_ids = (special_ids_of(tokenizer) if tokenizer is not None
+                         else _FAMILY_SPECIAL_IDS[type(backbone).__name__](backbone))
+    return model
+
+
+def preset_tokenizer(task_or_preset):
+    """The keras-hub tokenizer of a task (its preprocessor's) or of a preset
+    (`keras_hub.models.Tokenizer.from_preset`), or None where there is none
+    (a bare backbone, a preset saved without a tokenizer)."""
+    preprocessor = getattr(task_or_preset, "preprocessor", None)
+    if preprocessor is not None:
+        return getattr(preprocessor, "tokenizer", None)
+    if isinstance(task_or_preset, (str, os.PathLike)):
+        keras_hub = require("keras_hub", "data", "Importing keras-hub tokenizers")
+        path = os.fspath(task_or_preset)
+        if os.path.isdir(path) and not os.path.exists(os.path.join(path, "tokenizer.json")):
+            return None
+        return keras_hub.models.Tokenizer.from_preset(path)
+    return None
 
 
 def _backbone(value, keras_hub):
@@ -100,4 +127,12 @@ def _gpt2(backbone):
     return model
 
 
+def _gpt2_special_ids(backbone):
+    """GPT-2's vocabulary ends with `<|endoftext|>`: it starts, ends and pads."""
+    end = backbone.vocabulary_size - 1
+    return SpecialIds(start=end, end=end, pad=end, unknown=None, suppressed=(),
+                      prompt_start=True, stripped=())
+
+
 _CONVERTERS = {"GPT2Backbone": _gpt2}
+_FAMILY_SPECIAL_IDS = {"GPT2Backbone": _gpt2_special_ids}

@@ -22,8 +22,10 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
 
     `loss = Σ_{y ≠ pad} CE(y, logits) / #{y ≠ pad}`, with optional label
     smoothing: the target distribution is `(1 - ε)·onehot(y) + ε/V`. Padding
-    labels (`pad_id`, 0 by default) weigh nothing, so adding padding to a batch
-    leaves the loss unchanged. The logits are read in float32.
+    labels weigh nothing, so adding padding to a batch leaves the loss
+    unchanged: `pad_id` (0 by default; `SpecialIds.label_padding`), and any
+    negative label (-1 is the padding of labels where the padding id is a
+    real token, as GPT-2's end token is). The logits are read in float32.
 
     Under a `tf.distribute` strategy with several replicas, the count of real
     tokens is summed over the replicas, so that the replicas' losses add up to
@@ -32,7 +34,8 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
 
     Args:
         label_smoothing: float in [0, 1), ε (0.1 in the paper).
-        pad_id: int, the label id that is padding.
+        pad_id: int or None, the label id that is padding (None: only
+            negative labels are).
         name: name of the loss.
 
     Call arguments:
@@ -67,7 +70,10 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
             smoothing = self.label_smoothing
             target = target * (1.0 - smoothing) + smoothing / ops.cast(vocab_size, "float32")
         per_token = -ops.sum(target * log_probabilities, axis=-1)  # [B, T]
-        real = ops.cast(ops.not_equal(y_true, self.pad_id), "float32")
+        real = y_true >= 0
+        if self.pad_id is not None:
+            real = real & ops.not_equal(y_true, self.pad_id)
+        real = ops.cast(real, "float32")
         return per_token * real / ops.maximum(_global_sum(ops.sum(real)), 1.0)
 
     def get_config(self):
