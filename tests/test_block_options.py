@@ -64,8 +64,10 @@ def test_every_block_option_with_a_flag_is_offered_by_the_command():
     assert tuple(actions["positions"].choices) == POSITIONS
     flagged = {name for name, _ in command_line_fields()}
     fields = {f.name for f in dataclasses.fields(BlockOptions)}
-    # What has no flag of its own: set by --positions, --moe-experts, or not offered.
-    assert fields - flagged == {"layer_norm_epsilon", "rotary", "moe"}
+    # What has no flag of its own: set by --positions, --moe-experts, or not
+    # offered (a pretrained architecture's details, read from its preset).
+    assert fields - flagged == {"layer_norm_epsilon", "rotary", "moe", "use_bias",
+                                "rotary_max_wavelength", "rotary_scaling", "sliding_window"}
 
 
 def test_rotary_positions_add_nothing_and_none_is_the_same():

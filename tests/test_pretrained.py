@@ -135,3 +135,13 @@ def test_an_imported_gpt2_generates_what_keras_hub_generates(gpt2_preset, batch)
     assert [text.decode() for text in ours] == list(theirs)
     # Not a degenerate comparison: something was generated past the prompts.
     assert any(len(t) > len(p) for t, p in zip(theirs, batch))
+
+
+def test_an_imported_gpt2_with_its_tokenizer_exports_and_serves_text(gpt2_preset, tmp_path):
+    from tests.helpers import check_export_and_serve
+
+    backbone, _ = gpt2_preset
+    tokenizer = gpt2_tokenizer()
+    generator = TextGenerator(from_keras_hub(backbone, tokenizer=tokenizer), tokenizer,
+                              max_length=10, decoding=DecodingConfig("greedy"))
+    check_export_and_serve(generator, ["ab cd", "gh", ""], "prompt", "text", tmp_path)

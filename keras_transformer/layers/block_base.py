@@ -32,7 +32,9 @@ class TransformerBlockBase(keras.layers.Layer):
     `"geglu"` (gated feed-forward networks and experts),
     `num_key_value_heads` (grouped-query attention, multi-query at 1) and
     `rotary=True` (rotary position embeddings in self-attention; pair it with
-    `PositionalEmbedding(positions="rotary")`). The options, their allowed
+    `PositionalEmbedding(positions="rotary")`, with `rotary_max_wavelength`
+    and `rotary_scaling`), `use_bias` (False for Llama's projections, `"qkv"`
+    for Qwen2's) and `sliding_window` (Mistral's). The options, their allowed
     values and their checks are `keras_transformer.layers.BlockOptions`.
 
     `quantization="int8"` builds the attention and feed-forward projections
@@ -56,6 +58,10 @@ class TransformerBlockBase(keras.layers.Layer):
         num_key_value_heads=None,
         rotary=False,
         quantization=None,
+        use_bias=True,
+        rotary_max_wavelength=10000,
+        rotary_scaling=None,
+        sliding_window=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -64,7 +70,9 @@ class TransformerBlockBase(keras.layers.Layer):
         options = BlockOptions(
             num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout, norm_first=norm_first,
             norm=norm, layer_norm_epsilon=layer_norm_epsilon, activation=activation,
-            num_key_value_heads=num_key_value_heads, rotary=bool(rotary), moe=moe)
+            num_key_value_heads=num_key_value_heads, rotary=bool(rotary), moe=moe,
+            use_bias=use_bias, rotary_max_wavelength=rotary_max_wavelength,
+            rotary_scaling=rotary_scaling, sliding_window=sliding_window)
         self.num_heads = options.num_heads
         self.ffn_dim = options.ffn_dim
         self.dropout = options.dropout
@@ -74,6 +82,10 @@ class TransformerBlockBase(keras.layers.Layer):
         self._gated, self.activation = activations_lib.resolve(options.activation)
         self.num_key_value_heads = options.num_key_value_heads
         self.rotary = options.rotary
+        self.use_bias = options.use_bias
+        self.rotary_max_wavelength = options.rotary_max_wavelength
+        self.rotary_scaling = options.rotary_scaling
+        self.sliding_window = options.sliding_window
         self.moe = None if moe is None else dict(moe)
         self.head_dim = head_dim
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -98,6 +110,10 @@ class TransformerBlockBase(keras.layers.Layer):
             dropout=self.dropout,
             num_key_value_heads=self.num_key_value_heads,
             rotary=self.rotary and self_attention,
+            rotary_max_wavelength=self.rotary_max_wavelength,
+            rotary_scaling=self.rotary_scaling,
+            sliding_window=self.sliding_window if self_attention else None,
+            use_bias=self.use_bias,
             kernel_initializer=self._clone(self.kernel_initializer),
             bias_initializer=self._clone(self.bias_initializer),
             quantization=self.quantization,
@@ -115,6 +131,7 @@ class TransformerBlockBase(keras.layers.Layer):
         return PositionwiseFFN(
             hidden_dim=self.ffn_dim,
             activation=self._activation_config,
+            use_bias=self.use_bias is True,
             kernel_initializer=self._clone(self.kernel_initializer),
             bias_initializer=self._clone(self.bias_initializer),
             quantization=self.quantization,
@@ -166,6 +183,10 @@ class TransformerBlockBase(keras.layers.Layer):
                 "norm": self.norm,
                 "num_key_value_heads": self.num_key_value_heads,
                 "rotary": self.rotary,
+                "use_bias": self.use_bias,
+                "rotary_max_wavelength": self.rotary_max_wavelength,
+                "rotary_scaling": self.rotary_scaling,
+                "sliding_window": self.sliding_window,
                 "quantization": self._quantization_config(),
             }
         )

@@ -32,6 +32,7 @@ Received: num_key_value_heads=3, num_heads=4
 import dataclasses
 
 from keras_transformer.layers import activations as activations_lib
+from keras_transformer.layers import rotary as rotary_lib
 from keras_transformer.layers.validation import (
     check_key_value_heads,
     check_positive_int,
@@ -88,6 +89,17 @@ class BlockOptions:
     rotary: bool = _option(False, "rotary position embeddings in self-attention")
     moe: dict | None = _option(None, "MoE arguments (at least num_experts) in place of the "
                                      "feed-forward network")
+    use_bias: bool | str = _option(True, "biases in the attention and feed-forward "
+                                         "projections; 'qkv': in the query, key and value "
+                                         "projections only (Qwen2's)")
+    rotary_max_wavelength: float = _option(10000, "the rotary embeddings' longest wavelength "
+                                                  "(a preset's rope_theta)")
+    rotary_scaling: dict | None = _option(None, "rotary frequencies rescaled for long "
+                                                "contexts, as Hugging Face's rope_scaling "
+                                                "(rope_type 'linear' or 'llama3')")
+    sliding_window: int | None = _option(None, "each query attends to its n most recent "
+                                               "positions only, in causal self-attention "
+                                               "(Mistral's)")
 
     def __post_init__(self):
         check_positive_int("num_heads", self.num_heads)
@@ -104,6 +116,15 @@ class BlockOptions:
             raise ValueError("`activation` must be a Keras activation, 'swiglu' or 'geglu'. "
                              f"Received: activation={self.activation!r}") from error
         check_key_value_heads(self.num_heads, self.num_key_value_heads)
+        if self.use_bias not in (True, False, "qkv"):
+            raise ValueError("`use_bias` must be True, False or 'qkv'. Received: "
+                             f"use_bias={self.use_bias!r}")
+        if not float(self.rotary_max_wavelength) > 0:
+            raise ValueError("`rotary_max_wavelength` must be > 0. Received: "
+                             f"rotary_max_wavelength={self.rotary_max_wavelength!r}")
+        object.__setattr__(self, "rotary_scaling", rotary_lib.check_scaling(self.rotary_scaling))
+        if self.sliding_window is not None:
+            check_positive_int("sliding_window", self.sliding_window)
         if self.moe is not None and (not isinstance(self.moe, dict)
                                      or "num_experts" not in self.moe):
             raise ValueError(

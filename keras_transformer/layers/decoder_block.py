@@ -51,6 +51,15 @@ class DecoderBlock(TransformerBlockBase):
             heads; 1 = multi-query); the caches shrink by that factor.
         rotary: bool, rotary position embeddings in self-attention (use
             `PositionalEmbedding(positions="rotary")` with it).
+        use_bias: bool, biases in the attention and feed-forward
+            projections; `"qkv"`: in the query, key and value projections
+            only (Qwen2's).
+        rotary_max_wavelength: float, the rotary embeddings' longest
+            wavelength (a preset's `rope_theta`; 10,000 by default).
+        rotary_scaling: None or a Hugging Face `rope_scaling` dict (linear,
+            or Llama 3.1's `"llama3"`; see `keras_transformer.layers.rotary`).
+        sliding_window: int or None, causal self-attention sees only the
+            `sliding_window` most recent positions (Mistral's).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:

@@ -42,6 +42,14 @@ class EncoderBlock(TransformerBlockBase):
             heads; 1 = multi-query); the caches shrink by that factor.
         rotary: bool, rotary position embeddings in self-attention (use
             `PositionalEmbedding(positions="rotary")` with it).
+        use_bias: bool, biases in the attention and feed-forward
+            projections; `"qkv"`: in the query, key and value projections
+            only.
+        rotary_max_wavelength: float, the rotary embeddings' longest wavelength.
+        rotary_scaling: None or a Hugging Face `rope_scaling` dict
+            (`keras_transformer.layers.rotary`).
+        sliding_window: int or None; an encoder's self-attention is not
+            causal, so it ignores it.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:

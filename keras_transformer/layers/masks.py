@@ -71,7 +71,7 @@ def check_mask_shape(name, mask, expected_shape):
         )
 
 
-def causal_mask(query_length, key_length, offset=0):
+def causal_mask(query_length, key_length, offset=0, sliding_window=None):
     """Boolean causal mask of shape `(1, T, S)`.
 
     Args:
@@ -80,17 +80,22 @@ def causal_mask(query_length, key_length, offset=0):
         offset: int or scalar tensor, the position of the first query. When a
             single decoding step `t` attends to a cache of length S, pass
             `offset=t`.
+        sliding_window: int or None. When set, a query also sees only the
+            `sliding_window` most recent keys, itself included (Mistral's
+            sliding-window attention): `offset + t - s < sliding_window`.
 
     Returns:
-        `(1, T, S)` bool tensor, True where key position `s <= offset + t`.
+        `(1, T, S)` bool tensor, True where key position `s <= offset + t`
+        (and within the window).
     """
     query_positions = ops.arange(query_length, dtype="int32") + ops.cast(
         offset, "int32"
     )
     key_positions = ops.arange(key_length, dtype="int32")
-    mask = ops.greater_equal(
-        ops.expand_dims(query_positions, 1), ops.expand_dims(key_positions, 0)
-    )
+    distance = ops.expand_dims(query_positions, 1) - ops.expand_dims(key_positions, 0)
+    mask = ops.greater_equal(distance, 0)
+    if sliding_window is not None:
+        mask = ops.logical_and(mask, ops.less(distance, int(sliding_window)))
     return ops.expand_dims(mask, 0)
 
 
@@ -102,6 +107,7 @@ def merge_attention_masks(
     attention_mask=None,
     use_causal_mask=False,
     causal_offset=0,
+    sliding_window=None,
 ):
     """Merges every kind of mask into one `(B, T, S)` boolean mask.
 
@@ -118,6 +124,8 @@ def merge_attention_masks(
         attention_mask: `(B, T, S)` mask, or None.
         use_causal_mask: bool, whether to add the causal mask.
         causal_offset: int or scalar tensor, position of the first query.
+        sliding_window: int or None, with the causal mask: each query sees
+            its `sliding_window` most recent keys only (`causal_mask`).
 
     Returns:
         A bool tensor broadcastable to `(B, T, S)` (its batch axis is 1 when
@@ -136,7 +144,7 @@ def merge_attention_masks(
     if attention_mask is not None:
         masks.append(ops.cast(attention_mask, "bool"))
     if use_causal_mask:
-        masks.append(causal_mask(query_length, key_length, causal_offset))
+        masks.append(causal_mask(query_length, key_length, causal_offset, sliding_window))
     if not masks:
         return None
     merged = masks[0]

@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_transformer.layers import masks as masks_lib
 from keras_transformer.layers import quantization as quantization_lib
-from keras_transformer.layers.rotary import apply_rotary
+from keras_transformer.layers.rotary import apply_rotary, check_scaling
 from keras_transformer.layers.validation import (
     check_floating,
     check_key_value_heads,
@@ -46,7 +46,9 @@ class MultiHeadAttention(keras.layers.Layer):
         head_dim: int or None, size of each head. None means
             `embed_dim // num_heads`, which must then divide exactly.
         dropout: float in [0, 1), dropout rate on the attention probabilities.
-        use_bias: bool, whether the projections have biases.
+        use_bias: bool, whether the projections have biases; or `"qkv"`:
+            the query, key and value projections have biases and the output
+            projection has none (Qwen2's).
         num_key_value_heads: int or None. Grouped-query attention: the keys
             and values have this many heads, each shared by
             `num_heads / num_key_value_heads` query heads (1: multi-query).
@@ -57,7 +59,15 @@ class MultiHeadAttention(keras.layers.Layer):
             (rotary position embeddings, `rotary.apply_rotary`): the query at
             `cache_index + t` and the keys at their own positions. For
             self-attention; a precomputed cross-attention cache is refused.
-        rotary_max_wavelength: float, the rotary embeddings' longest wavelength.
+        rotary_max_wavelength: float, the rotary embeddings' longest
+            wavelength (10,000 in the paper; a preset's `rope_theta`).
+        rotary_scaling: None, or a dict rescaling the rotary frequencies for
+            long contexts, as a Hugging Face config's `rope_scaling`:
+            `{"rope_type": "linear", "factor": f}` or Llama 3.1's
+            `{"rope_type": "llama3", ...}` (see `keras_transformer.layers.rotary`).
+        sliding_window: int or None. With `use_causal_mask`, each query
+            attends to its `sliding_window` most recent positions only,
+            itself included (Mistral's sliding-window attention).
         quantization: None, or `"int8"`: the query, key, value and output
             projections are built with int8 kernels (see
             `keras_transformer.layers.quantization`; `model.quantize("int8")`
@@ -131,6 +141,8 @@ class MultiHeadAttention(keras.layers.Layer):
         rotary=False,
         rotary_max_wavelength=10000,
         quantization=None,
+        rotary_scaling=None,
+        sliding_window=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -143,6 +155,13 @@ class MultiHeadAttention(keras.layers.Layer):
         self.num_key_value_heads = num_key_value_heads
         self.rotary = bool(rotary)
         self.rotary_max_wavelength = rotary_max_wavelength
+        self.rotary_scaling = check_scaling(rotary_scaling)
+        if sliding_window is not None:
+            check_positive_int("sliding_window", sliding_window)
+        self.sliding_window = sliding_window
+        if use_bias not in (True, False, "qkv"):
+            raise ValueError("`use_bias` must be True, False or 'qkv' (query, key and value "
+                             f"projections only). Received: use_bias={use_bias!r}")
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.dropout = dropout
@@ -184,8 +203,8 @@ class MultiHeadAttention(keras.layers.Layer):
         self._value_dense = self._projection("bsd,dnh->bsnh", kv_heads, "nh", "value")
         self._value_dense.build(value_shape)
         self._output_dense = self._projection(
-            "btnh,nhd->btd", (None, embed_dim), "d", "attention_output"
-        )
+            "btnh,nhd->btd", (None, embed_dim), "d", "attention_output",
+            use_bias=self.use_bias is True)
         self._output_dense.build((*query_shape[:2], self.num_heads, self._head_dim))
         self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.built = True
@@ -194,11 +213,12 @@ class MultiHeadAttention(keras.layers.Layer):
     def _num_kv_heads(self):
         return self.num_key_value_heads or self.num_heads
 
-    def _projection(self, equation, output_shape, bias_axes, name):
+    def _projection(self, equation, output_shape, bias_axes, name, use_bias=None):
+        use_bias = bool(self.use_bias) if use_bias is None else use_bias
         projection = keras.layers.EinsumDense(
             equation,
             output_shape=output_shape,
-            bias_axes=bias_axes if self.use_bias else None,
+            bias_axes=bias_axes if use_bias else None,
             # A clone per projection: one initializer instance reused would
             # give the query, key and value kernels the same values.
             kernel_initializer=self.kernel_initializer.__class__.from_config(
@@ -267,7 +287,8 @@ class MultiHeadAttention(keras.layers.Layer):
         query_heads = self._query_dense(query)  # [B, T, N, H]
         rows, length = ops.shape(query_heads)[0], ops.shape(query_heads)[1]
         if self.rotary:
-            query_heads = apply_rotary(query_heads, position, self.rotary_max_wavelength)
+            query_heads = apply_rotary(query_heads, position, self.rotary_max_wavelength,
+                                       self.rotary_scaling)
         if precomputed:
             key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B_c, S, K, H]
             # The cache may serve groups of consecutive query rows (the beams
@@ -281,7 +302,8 @@ class MultiHeadAttention(keras.layers.Layer):
             key_heads = self._key_dense(value)  # [B, S, K, H]
             value_heads = self._value_dense(value)  # [B, S, K, H]
             if self.rotary:
-                key_heads = apply_rotary(key_heads, position, self.rotary_max_wavelength)
+                key_heads = apply_rotary(key_heads, position, self.rotary_max_wavelength,
+                                         self.rotary_scaling)
             if cache is not None:
                 update = ops.stack([key_heads, value_heads], axis=1)
                 cache = ops.slice_update(cache, [0, 0, cache_index, 0, 0], update)
@@ -295,6 +317,7 @@ class MultiHeadAttention(keras.layers.Layer):
         # mode, no `(T, S)` mask built.
         causal_only = (
             use_causal_mask
+            and self.sliding_window is None
             and value is query
             and cache is None
             and query_mask is None
@@ -309,6 +332,7 @@ class MultiHeadAttention(keras.layers.Layer):
             attention_mask=attention_mask,
             use_causal_mask=use_causal_mask,
             causal_offset=0 if cache_index is None else cache_index,
+            sliding_window=self.sliding_window,
         )
         if (
             return_attention_scores
@@ -440,6 +464,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 "num_key_value_heads": self.num_key_value_heads,
                 "rotary": self.rotary,
                 "rotary_max_wavelength": self.rotary_max_wavelength,
+                "rotary_scaling": self.rotary_scaling,
+                "sliding_window": self.sliding_window,
                 "quantization": quantization_lib.mode_of(self, self._projections()),
             }
         )

@@ -172,4 +172,5 @@ def _logits(config, embedding, hidden):
     """Float32 logits: tied to the target embedding, or a float32 dense layer."""
     if config.tie_embeddings:
         return embedding(hidden, reverse=True)
-    return keras.layers.Dense(config.vocab_size, dtype="float32", name="logits")(hidden)
+    return keras.layers.Dense(config.vocab_size, use_bias=config.use_bias is True,
+                              dtype="float32", name="logits")(hidden)

@@ -36,6 +36,11 @@ class TransformerConfig:
     moe_every: int = 2  # with `moe`: every n-th block is MoE (Switch uses every other one)
     norm: str = "layer"  # LayerNorm as in the paper, or "rms" (RMSNorm)
     num_key_value_heads: int | None = None  # grouped-query attention (1: multi-query)
+    # A pretrained architecture's details (BlockOptions says what each means):
+    use_bias: bool | str = True  # False: Llama's projections; "qkv": Qwen2's
+    rotary_max_wavelength: float = 10000  # with positions="rotary": rope_theta
+    rotary_scaling: dict | None = None  # Hugging Face's rope_scaling (linear, llama3)
+    sliding_window: int | None = None  # Mistral's sliding-window self-attention
 
     def __post_init__(self):
         check_positive_int("embed_dim", self.embed_dim)
@@ -71,7 +76,9 @@ class TransformerConfig:
             norm_first=self.norm_first, norm=self.norm,
             layer_norm_epsilon=self.layer_norm_epsilon, activation=self.activation,
             num_key_value_heads=self.num_key_value_heads, rotary=self.positions == "rotary",
-            moe=self.moe if use_moe else None)
+            moe=self.moe if use_moe else None, use_bias=self.use_bias,
+            rotary_max_wavelength=self.rotary_max_wavelength,
+            rotary_scaling=self.rotary_scaling, sliding_window=self.sliding_window)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -4,13 +4,20 @@
 `CausalLM` task, or a preset that `keras_hub.models.Backbone.from_preset`
 accepts: a local directory, `"gpt2_base_en"` or `"hf://..."` where the network
 allows) and returns a functional `TransformerModel` stacked from
-`PositionalEmbedding`, `DecoderBlock` and a final norm, with the backbone's
+`PositionalEmbedding`, `DecoderBlock`s and a final norm, with the backbone's
 weights copied in: `model(token_ids)` returns the same logits as the
 backbone's task model.
 
-Covered so far: **GPT-2** (`GPT2Backbone`: learned positions, pre-LN
-LayerNorm, GELU with the tanh approximation, biases, tied output). Any other
-backbone is a `ValueError` naming it.
+Covered:
+- **GPT-2** (`GPT2Backbone`): learned positions, pre-LN LayerNorm, GELU with
+  the tanh approximation, biases, tied output.
+- **The Llama family** (`LlamaBackbone`, `Llama3Backbone`, `MistralBackbone`,
+  `QwenBackbone` (Qwen2)): RMSNorm, SwiGLU, grouped-query attention, rotary
+  positions with the preset's wavelength and scaling (Llama 3.1's frequency
+  adjustment; Mistral's and Qwen2's linear `rope_scaling_factor`), Mistral's
+  sliding window, Qwen2's query/key/value biases, no other biases, tied or
+  untied output as the backbone says.
+Any other backbone is a `ValueError` naming it.
 
 Special ids. Token id 0 is a real token in these vocabularies (GPT-2's `!`),
 so the embedding is built with `mask_zero=False`: the model computes no
@@ -18,9 +25,9 @@ padding mask, and a caller right-pads a batch (causal attention never reads
 ahead, so the logits at real positions do not depend on the padding). The
 model's `special_ids` (a `SpecialIds`, saved with it) are the tokenizer's:
 the one given, else the task's preprocessor's, else the preset's; a bare
-backbone gets its family's convention (GPT-2: `<|endoftext|>`, the last id,
-starts prompts, ends generation and pads). The searches, `TextGenerator` and
-the exports read them.
+GPT-2 backbone gets GPT-2's convention (`<|endoftext|>`, the last id, starts
+prompts, ends generation and pads); a bare Llama-family backbone gets none,
+and `TextGenerator` then reads the tokenizer it is given.
 """
 
 import os
@@ -29,11 +36,16 @@ import keras
 
 from keras_transformer._optional import require
 from keras_transformer.data.special_tokens import SpecialIds, special_ids_of
-from keras_transformer.layers import DecoderBlock, PositionalEmbedding
+from keras_transformer.layers import DecoderBlock, PositionalEmbedding, RMSNormalization
 from keras_transformer.models.builders import TransformerModel
 
 
-def from_keras_hub(backbone_or_preset, tokenizer=None):
+# Rotary models have no position table to bound their length: the cache and
+# the searches accept this many positions unless `max_length` says otherwise.
+DEFAULT_ROTARY_MAX_LENGTH = 2048
+
+
+def from_keras_hub(backbone_or_preset, tokenizer=None, max_length=None):
     """A functional model of the package's layers with a keras-hub backbone's weights.
 
     Args:
@@ -43,6 +55,10 @@ def from_keras_hub(backbone_or_preset, tokenizer=None):
             by `save_to_preset`, or a name where the network allows).
         tokenizer: optional keras-hub tokenizer whose special ids the model
             takes (default: the task's or the preset's, when there is one).
+        max_length: int, the most positions the model accepts (its cache and
+            the searches' `max_length`). Default: GPT-2's
+            `max_sequence_length`; 2048 for rotary models (any length the
+            memory allows).
 
     Returns:
         A `TransformerModel`: `model(token_ids)` → float32 logits
@@ -55,15 +71,18 @@ def from_keras_hub(backbone_or_preset, tokenizer=None):
     """
     keras_hub = require("keras_hub", "data", "Importing keras-hub models")
     backbone = _backbone(backbone_or_preset, keras_hub)
-    convert = _CONVERTERS.get(type(backbone).__name__)
+    family = type(backbone).__name__
+    convert = _CONVERTERS.get(family)
     if convert is None:
         raise ValueError(
-            f"keras_transformer cannot import a {type(backbone).__name__} yet; it imports "
+            f"keras_transformer cannot import a {family} yet; it imports "
             f"{sorted(_CONVERTERS)}.")
-    model = convert(backbone)
+    model = convert(backbone, max_length)
     tokenizer = tokenizer or preset_tokenizer(backbone_or_preset)
-    model.special_ids = (special_ids_of(tokenizer) if tokenizer is not None
-                         else _FAMILY_SPECIAL_IDS[type(backbone).__name__](backbone))
+    if tokenizer is not None:
+        model.special_ids = special_ids_of(tokenizer)
+    elif family in _FAMILY_SPECIAL_IDS:
+        model.special_ids = _FAMILY_SPECIAL_IDS[family](backbone)
     return model
 
 
@@ -94,10 +113,14 @@ def _backbone(value, keras_hub):
                     f"preset handle. Received: {type(value).__name__}")
 
 
-def _gpt2(backbone):
+def _gpt2(backbone, max_length=None):
     """GPT-2: learned positions, pre-LN LayerNorm (eps 1e-5), tanh GELU, tied output."""
+    if max_length is not None and max_length > backbone.max_sequence_length:
+        raise ValueError(f"GPT-2's learned positions stop at {backbone.max_sequence_length}. "
+                         f"Received: max_length={max_length}")
     embedding = PositionalEmbedding(
-        backbone.vocabulary_size, backbone.max_sequence_length, backbone.hidden_dim,
+        backbone.vocabulary_size, max_length or backbone.max_sequence_length,
+        backbone.hidden_dim,
         positions="learned", scale=False, mask_zero=False, name="token_embedding")
     token_ids = keras.Input((None,), dtype="int32", name="token_ids")
     x = keras.layers.Dropout(backbone.dropout, name="embedding_dropout")(embedding(token_ids))
@@ -114,7 +137,8 @@ def _gpt2(backbone):
     model = TransformerModel(token_ids, logits, name=backbone.name)
 
     embedding.token_embeddings.assign(backbone.token_embedding.embeddings)
-    embedding.position_embeddings.assign(backbone.position_embedding.position_embeddings)
+    embedding.position_embeddings.assign(
+        backbone.position_embedding.position_embeddings[: embedding.max_length])
     for ours, theirs in zip(blocks, backbone.transformer_layers):
         for mine, hub in ((ours._self_attention, theirs._self_attention_layer),
                           (ours._self_attention_norm, theirs._self_attention_layer_norm),
@@ -134,5 +158,82 @@ def _gpt2_special_ids(backbone):
                       prompt_start=True, stripped=())
 
 
-_CONVERTERS = {"GPT2Backbone": _gpt2}
+def _rotary_scaling(backbone):
+    """The preset's rotary frequency scaling, as a `rope_scaling` dict (or None)."""
+    adjustment = getattr(backbone, "rope_frequency_adjustment_factor", None)
+    if adjustment is not None:  # Llama 3.1
+        return {"rope_type": "llama3", "factor": adjustment,
+                "low_freq_factor": backbone.rope_low_freq_factor,
+                "high_freq_factor": backbone.rope_high_freq_factor,
+                "original_max_position_embeddings":
+                    backbone.rope_pretraining_sequence_length}
+    # keras-hub's Llama rotary layer never reads `rope_position_scaling_factor`
+    # (its `_get_inverse_freq` ignores it): the same logits mean ignoring it too.
+    factor = getattr(backbone, "rope_scaling_factor", 1.0)
+    return None if factor == 1.0 else {"rope_type": "linear", "factor": factor}
+
+
+def _llama_family(backbone, max_length=None):
+    """Llama, Llama 3, Mistral, Qwen2: RMSNorm, SwiGLU, GQA, rotary, no biases
+    (Qwen2: query/key/value biases), tied or untied output."""
+    family = type(backbone).__name__
+    if getattr(backbone, "use_sliding_window_attention", False):
+        raise ValueError(f"keras_transformer cannot import a {family} with "
+                         "`use_sliding_window_attention=True` yet (Qwen's window counts "
+                         "positions its own way); import it with the window off.")
+    epsilon = backbone.layer_norm_epsilon
+    embedding = PositionalEmbedding(
+        backbone.vocabulary_size, max_length or DEFAULT_ROTARY_MAX_LENGTH, backbone.hidden_dim,
+        positions="rotary", scale=False, mask_zero=False, name="token_embedding")
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    x = keras.layers.Dropout(backbone.dropout, name="embedding_dropout")(embedding(token_ids))
+    blocks = []
+    for i in range(backbone.num_layers):
+        block = DecoderBlock(
+            backbone.num_query_heads, backbone.intermediate_dim, dropout=backbone.dropout,
+            norm_first=True, norm="rms", layer_norm_epsilon=epsilon, activation="swiglu",
+            head_dim=getattr(backbone, "head_dim", None),
+            num_key_value_heads=backbone.num_key_value_heads, rotary=True,
+            rotary_max_wavelength=backbone.rope_max_wavelength,
+            rotary_scaling=_rotary_scaling(backbone),
+            sliding_window=getattr(backbone, "sliding_window", None),
+            use_bias="qkv" if family == "QwenBackbone" else False,
+            name=f"decoder_block_{i}")
+        x = block(x)
+        blocks.append(block)
+    final_norm = RMSNormalization(epsilon=epsilon, name="final_norm")
+    x = final_norm(x)
+    hub_embedding = backbone.token_embedding
+    if hub_embedding.tie_weights:
+        logits = embedding(x, reverse=True)
+        output = None
+    else:
+        output = keras.layers.Dense(backbone.vocabulary_size, use_bias=False,
+                                    dtype="float32", name="logits")
+        logits = output(x)
+    model = TransformerModel(token_ids, logits, name=backbone.name)
+
+    embedding.token_embeddings.assign(hub_embedding.embeddings)
+    if output is not None:
+        output.kernel.assign(hub_embedding.reverse_embeddings)
+    for ours, theirs in zip(blocks, backbone.transformer_layers):
+        attention, hub_attention = ours._self_attention, theirs._self_attention_layer
+        pairs = [(attention._query_dense, hub_attention._query_dense),
+                 (attention._key_dense, hub_attention._key_dense),
+                 (attention._value_dense, hub_attention._value_dense),
+                 (attention._output_dense, hub_attention._output_dense),
+                 (ours._self_attention_norm, theirs._self_attention_layernorm),
+                 (ours._feedforward._inner_dense, theirs._feedforward_intermediate_dense),
+                 (ours._feedforward._gate_dense, theirs._feedforward_gate_dense),
+                 (ours._feedforward._output_dense, theirs._feedforward_output_dense),
+                 (ours._feedforward_norm, theirs._feedforward_layernorm)]
+        for mine, hub in pairs:
+            mine.set_weights(hub.get_weights())
+    final_norm.set_weights(backbone.layer_norm.get_weights())
+    return model
+
+
+_CONVERTERS = {"GPT2Backbone": _gpt2, "LlamaBackbone": _llama_family,
+               "Llama3Backbone": _llama_family, "MistralBackbone": _llama_family,
+               "QwenBackbone": _llama_family}
 _FAMILY_SPECIAL_IDS = {"GPT2Backbone": _gpt2_special_ids}

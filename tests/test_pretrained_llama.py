@@ -1,0 +1,131 @@
+"""The Llama family from keras-hub rebuilt from the layers (`from_keras_hub`):
+Llama, Llama 3.1 (frequency adjustment), Mistral (sliding window, linear
+rotary scaling), Qwen2 (query/key/value biases, tied output): the same
+logits, the same greedy tokens as keras-hub's `CausalLM.generate`, and the
+package's cached greedy equal to its full-pass greedy."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from keras_transformer.data import SpecialIds
+from keras_transformer.generation import DecodingConfig, IdDecoder, greedy_generate
+from keras_transformer.models import from_keras_hub, read_structure
+
+VOCABULARY = 60
+SMALL = dict(vocabulary_size=VOCABULARY, num_layers=2, num_query_heads=4, hidden_dim=32,
+             intermediate_dim=48, num_key_value_heads=2, layer_norm_epsilon=1e-5)
+FAMILIES = {
+    "llama": lambda: keras_hub.models.LlamaBackbone(**SMALL, rope_max_wavelength=500),
+    # keras-hub's Llama rotary layer ignores the position scaling factor.
+    "llama_position_scaling": lambda: keras_hub.models.LlamaBackbone(
+        **SMALL, rope_position_scaling_factor=4.0),
+    # head_dim 8, wavelengths 6.3, 63, 628, 6283 against 64 / 1 and 64 / 4:
+    # one kept, one blended, two divided.
+    "llama3_1": lambda: keras_hub.models.Llama3Backbone(
+        **SMALL, rope_max_wavelength=10000, rope_frequency_adjustment_factor=8.0,
+        rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+        rope_pretraining_sequence_length=64),
+    "mistral": lambda: keras_hub.models.MistralBackbone(
+        **SMALL, sliding_window=3, rope_scaling_factor=2.0),
+    "qwen2": lambda: keras_hub.models.QwenBackbone(**SMALL, tie_word_embeddings=True),
+}
+CAUSAL_LM = {"llama": "LlamaCausalLM", "llama_position_scaling": "LlamaCausalLM",
+             "llama3_1": "Llama3CausalLM", "mistral": "MistralCausalLM",
+             "qwen2": "QwenCausalLM"}
+
+
+def small_backbone(family):
+    keras.utils.set_random_seed(0)
+    backbone = FAMILIES[family]()
+    # Random norms and biases too, so that one left at its initial value shows;
+    # kernels larger than keras-hub's 0.02, so that attention is far from
+    # uniform and the rotary details (wavelength, scaling, window) show.
+    rng = np.random.default_rng(1)
+    for weight in backbone.weights:
+        if "layernorm" in weight.path or "bias" in weight.path:
+            weight.assign(rng.normal(1.0, 0.2, weight.shape))
+        elif "kernel" in weight.path:
+            weight.assign(rng.normal(0.0, 0.25, weight.shape))
+    return backbone
+
+
+def hub_logits(backbone, ids, padding):
+    hidden = backbone({"token_ids": ids, "padding_mask": padding})
+    return keras.ops.convert_to_numpy(backbone.token_embedding(hidden, reverse=True))
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_preset(request, tmp_path_factory):
+    backbone = small_backbone(request.param)
+    path = tmp_path_factory.mktemp("presets") / request.param
+    backbone.save_to_preset(str(path))
+    return request.param, backbone, str(path)
+
+
+def test_a_llama_family_preset_gives_keras_hub_logits(family_preset):
+    family, backbone, path = family_preset
+    model = from_keras_hub(path)
+    ids = np.random.default_rng(2).integers(0, VOCABULARY, size=(3, 10)).astype("int32")
+    ids[0, :2] = 0  # id 0 is a real token
+    padding = np.ones_like(ids)
+    padding[1, 6:] = 0  # right padding
+    ours = keras.ops.convert_to_numpy(model(ids))
+    theirs = hub_logits(backbone, ids, padding)
+    real = padding.astype(bool)
+    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4)
+    assert np.abs(theirs).max() > 0.1  # not a degenerate comparison
+    block = read_structure(model).decoder.blocks[0]
+    assert block.norm == "rms" and block.num_key_value_heads == 2 and block.rotary
+    assert block.use_bias == ("qkv" if family == "qwen2" else False)
+
+
+def test_a_llama_family_model_generates_what_keras_hub_generates(family_preset):
+    family, backbone, _ = family_preset
+    special = SpecialIds(start=1, end=2, pad=0, unknown=None, suppressed=(),
+                         prompt_start=True, stripped=())
+    task = getattr(keras_hub.models, CAUSAL_LM[family])(backbone=backbone, preprocessor=None)
+    task.compile(sampler="greedy")
+    prompts = np.array([[1, 7, 9, 11], [1, 5, 0, 0], [1, 30, 31, 0]], "int32")
+    lengths = np.array([4, 2, 3], "int32")
+    width = 14
+    token_ids = np.pad(prompts, ((0, 0), (0, width - prompts.shape[1])))
+    padding = (np.arange(width)[None] < lengths[:, None]).astype("int32")
+    theirs = task.generate({"token_ids": token_ids, "padding_mask": padding},
+                           stop_token_ids=(special.end,))
+    theirs = np.asarray(theirs["token_ids"])
+    model = from_keras_hub(backbone)
+    decoder = IdDecoder(model, max_length=width - 1, decoding=DecodingConfig("greedy"),
+                        special_ids=special)
+    ours, _ = decoder(prompts, lengths)
+    generated = 0
+    for row in range(len(prompts)):
+        expected = theirs[row, 1:].tolist()
+        if special.end in expected:  # keras-hub leaves what follows the end as it was
+            expected = expected[: expected.index(special.end) + 1]
+        assert ours[row, : len(expected)].tolist() == expected
+        generated += len(expected) - (lengths[row] - 1)
+    assert generated > 3  # not a degenerate comparison
+    # The package's cached greedy equals its full-pass greedy.
+    np.testing.assert_array_equal(ours[:1], greedy_generate(model, prompts[:1], width,
+                                                            special))
+
+
+def test_the_llama_family_options_reach_the_layers(family_preset):
+    family, backbone, _ = family_preset
+    model = from_keras_hub(backbone, max_length=64)
+    attention = read_structure(model).decoder.blocks[0]._self_attention
+    assert model.max_length == 64 and model.special_ids is None
+    if family == "llama3_1":
+        assert attention.rotary_scaling["rope_type"] == "llama3"
+    elif family == "mistral":
+        assert attention.rotary_scaling == {"rope_type": "linear", "factor": 2.0}
+        assert attention.sliding_window == 3
+    else:
+        assert attention.rotary_scaling is None and attention.sliding_window is None
+    # The configuration travels through saving.
+    config = attention.get_config()
+    again = type(attention).from_config(config)
+    assert again.rotary_scaling == attention.rotary_scaling
+    assert again.use_bias == attention.use_bias
