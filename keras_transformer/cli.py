@@ -2,9 +2,11 @@
 
     keras-transformer train translation [options]   # encoder–decoder, English → Spanish
     keras-transformer train char-lm [options]       # character language model
+    keras-transformer import PRESET --output-dir runs/NAME   # a keras-hub model → a run
     keras-transformer export RUN_DIR --name NAME     # → saved_models/NAME/<version>/
     keras-transformer export RUN_DIR --format ctranslate2 --name NAME_ct2   # the engine's
     keras-transformer translate saved_models/NAME "text" ...   # or lines on stdin
+    keras-transformer generate runs/NAME "prompt" ...          # a language model's text
     keras-transformer serve saved_models/NAME        # TF Serving's REST API on :8501
     keras-transformer evaluate saved_models/NAME test.tsv      # BLEU and chrF
     keras-transformer <command> --help              # every option, explained
@@ -39,8 +41,21 @@ def _train_parser(subparsers):
         task.set_defaults(run=recipe.run)
 
 
-def _load_translate_function(model_path):
-    """`list of str → list of str` for a SavedModel (base or version dir) or a run dir."""
+def _load_translate_function(model_path, decoding=None):
+    """`list of str → list of str` for a SavedModel (base or version dir) or a run dir
+    (`decoding`, a `DecodingConfig`, for a run dir; a SavedModel has its own)."""
+    from keras_transformer.generation.text_generator import is_language_model_run
+
+    if is_language_model_run(model_path):  # an imported model or a char-lm run
+        import tensorflow as tf
+
+        from keras_transformer.generation import DecodingConfig
+        from keras_transformer.generation.text_generator import load_text_generator
+
+        generator = load_text_generator(model_path,
+                                        decoding=decoding or DecodingConfig("greedy"))
+        return lambda texts: [t.decode("utf-8") for t in
+                              generator.generate_text(tf.constant(texts))["text"].numpy()]
     if os.path.exists(os.path.join(model_path, "best.keras")):  # a translation run
         import tensorflow as tf
 
@@ -68,9 +83,23 @@ def _load_translate_function(model_path):
 def _export(args):
     from keras_transformer.export import export_ctranslate2, export_saved_model
     from keras_transformer.generation import DecodingConfig, load_translator
+    from keras_transformer.generation.text_generator import (
+        is_language_model_run,
+        load_text_generator,
+    )
 
-    decoding = DecodingConfig.from_args(args)
     base_dir = os.path.join(args.saved_models, args.name)
+    if is_language_model_run(args.run_dir):  # decoder-only: prompt in, text out
+        if args.format == "ctranslate2":
+            raise SystemExit("--format ctranslate2 exports translation runs only; "
+                             f"{args.run_dir} is a language model.")
+        args._decoding_default = DecodingConfig("greedy")
+        generator = load_text_generator(args.run_dir, quantization=args.quantize,
+                                        decoding=DecodingConfig.from_args(args))
+        path = export_saved_model(generator, base_dir, version=args.version)
+        print(f"Exported {args.run_dir} to {path} ({args.format}, prompt in, text out)")
+        return path
+    decoding = DecodingConfig.from_args(args)
     if args.format == "ctranslate2":  # CTranslate2 quantizes the float32 weights itself
         translator = load_translator(args.run_dir, decoding=decoding)
         path = export_ctranslate2(translator, base_dir, version=args.version,
@@ -81,6 +110,25 @@ def _export(args):
         path = export_saved_model(translator, base_dir, version=args.version)
     print(f"Exported {args.run_dir} to {path} ({args.format})")
     return path
+
+
+def _import(args):
+    from keras_transformer.models import import_preset
+
+    path = import_preset(args.preset, args.output_dir, max_length=args.max_length)
+    print(f"Imported {args.preset} to {path} (model.keras, tokenizer/, config.json)")
+    return path
+
+
+def _generate(args):
+    from keras_transformer.generation import DecodingConfig
+
+    generate = _load_translate_function(args.model, DecodingConfig.from_args(args))
+    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    for start in range(0, len(prompts), args.batch_size):
+        for text in generate(prompts[start : start + args.batch_size]):
+            print(text, flush=True)
+    return prompts
 
 
 def _translate(args):
@@ -122,12 +170,28 @@ def _serving_parsers(subparsers):
     from keras_transformer.generation.decoding import DecodingConfig
 
     defaults = argparse.ArgumentDefaultsHelpFormatter
+    imports = subparsers.add_parser(
+        "import", formatter_class=defaults,
+        help="rebuild a keras-hub model (GPT-2, Llama, Mistral, Qwen2) from the layers into "
+             "a run directory that export, generate and train char-lm --init-from read")
+    imports.add_argument("preset", help="a keras-hub preset: a local directory written by "
+                                        "save_to_preset, or a name / hf://... where the "
+                                        "network allows")
+    imports.add_argument("--output-dir", required=True, help="the run directory to write")
+    imports.add_argument("--max-length", type=int, default=None,
+                         help="positions the model accepts (default: GPT-2's table; "
+                              "2048 for rotary models)")
+    imports.set_defaults(run=_import)
+
     export = subparsers.add_parser(
         "export", formatter_class=defaults,
-        help="export a trained translation model as a SavedModel (text in, text out), or "
-             "as a CTranslate2 directory")
-    export.add_argument("run_dir", help="a training run directory (best.keras, config.json, "
-                                        "vocabularies), as `train translation` writes it")
+        help="export a trained or imported model as a SavedModel (text in, text out), or "
+             "a translation model as a CTranslate2 directory")
+    export.add_argument("run_dir", help="a run directory: a translation run (best.keras, "
+                                        "config.json, vocabularies) as `train translation` "
+                                        "writes it, or a language-model run (model.keras, "
+                                        "tokenizer/) as `import` and `train char-lm` write "
+                                        "it (greedy unless a decoding option is given)")
     export.add_argument("--name", default="translator", help="the model's name (directory)")
     export.add_argument("--saved-models", default="saved_models",
                         help="base directory; the export goes to <this>/<name>/<version>/")
@@ -155,6 +219,17 @@ def _serving_parsers(subparsers):
     translate.add_argument("text", nargs="*", help="sentences (default: read stdin)")
     translate.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
     translate.set_defaults(run=_translate)
+
+    generate = subparsers.add_parser(
+        "generate", formatter_class=defaults,
+        help="continue prompts given on the command line, or lines read from stdin, with a "
+             "language model (a run directory or a text generator's SavedModel)")
+    generate.add_argument("model", help="a language-model run directory (import, train "
+                                        "char-lm), saved_models/<name> or a version directory")
+    generate.add_argument("prompt", nargs="*", help="prompts (default: read stdin)")
+    generate.add_argument("--batch-size", type=int, default=16, help="prompts per batch")
+    DecodingConfig.add_arguments(generate, DecodingConfig("greedy"))
+    generate.set_defaults(run=_generate)
 
     serve = subparsers.add_parser(
         "serve", formatter_class=defaults,

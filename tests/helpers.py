@@ -1,7 +1,7 @@
 """What several test modules share: a small translator, a character tokenizer,
-and the checks that an exported model serves in a fresh TensorFlow-only process
-and behind the HTTP server. (Fixtures are in conftest.py; test modules never
-import each other.)"""
+a small GPT-2 and its tokenizer, and the checks that an exported model serves
+in a fresh TensorFlow-only process and behind the HTTP server. (Fixtures are
+in conftest.py; test modules never import each other.)"""
 
 import json
 import os
@@ -140,3 +140,35 @@ def check_export_and_serve(module, texts, input_name, output_key, tmp_path):
     status, answer = serve_once(base, {"instances": texts})
     assert status == 200
     assert [row[output_key] for row in answer["predictions"]] == expected
+
+
+def small_gpt2():
+    """A 2-layer keras-hub GPT2Backbone over 50 ids with random weights (norms too)."""
+    import keras
+    import keras_hub
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=12, dropout=0.0)
+    # Random norms too, so that a scale or bias left at its initial value shows.
+    for weight in backbone.weights:
+        if "layer_norm" in weight.path or "gamma" in weight.path or "beta" in weight.path:
+            weight.assign(np.random.default_rng(1).normal(1.0, 0.2, weight.shape))
+    return backbone
+
+
+def gpt2_tokenizer():
+    """A byte-level BPE tokenizer of GPT-2's kind over 50 ids, `<|endoftext|>` last."""
+    import keras_hub
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = ["!", "Ġ", *letters, *("Ġ" + c for c in letters[:12])]
+    tokens += ["ab", "cd", "Ġab", "ef", "Ġcd", "gh", "ij", "kl", "Ġef"]
+    tokens.append("<|endoftext|>")
+    assert len(tokens) == 50
+    merges = [f"Ġ {c}" for c in letters[:12]] + ["a b", "c d", "Ġ ab", "e f", "Ġ cd", "g h",
+                                                 "i j", "k l", "Ġ ef"]
+    vocabulary = {token: index for index, token in enumerate(tokens)}
+    return keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)

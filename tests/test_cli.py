@@ -74,7 +74,8 @@ def test_train_export_translate_evaluate_through_the_command(tmp_path, capsys):
     assert "BLEU" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["export", "translate", "serve", "evaluate"])
+@pytest.mark.parametrize("command", ["import", "export", "translate", "generate", "serve",
+                                     "evaluate"])
 def test_serving_commands_explain_every_option(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -256,3 +257,40 @@ def test_learning_rate_is_refused_with_the_warmup_schedule(tmp_path):
     with pytest.raises(ValueError, match="--learning-rate.*Received: --learning-rate 0.001"):
         cli.main(["train", "translation", "--smoke", "--learning-rate", "1e-3",
                   "--output-dir", str(tmp_path / "r"), "--export-dir", str(tmp_path / "s")])
+
+
+def test_import_generate_export_and_fine_tune_a_keras_hub_model(tmp_path, capsys):
+    import keras_hub
+    import tensorflow as tf
+
+    from keras_transformer.generation import DecodingConfig, TextGenerator
+    from keras_transformer.generation.text_generator import load_language_model_run
+    from keras_transformer.models import from_keras_hub
+    from tests.helpers import gpt2_tokenizer, small_gpt2
+
+    task = keras_hub.models.GPT2CausalLM(
+        backbone=small_gpt2(),
+        preprocessor=keras_hub.models.GPT2CausalLMPreprocessor(gpt2_tokenizer(),
+                                                               sequence_length=8))
+    task.save_to_preset(str(tmp_path / "preset"))
+    run, saved = tmp_path / "runs" / "gpt2", tmp_path / "saved_models"
+    assert cli.main(["import", str(tmp_path / "preset"), "--output-dir", str(run)]) == 0
+    prompts = ["ab cd", "gh"]
+    generator = TextGenerator(from_keras_hub(task), gpt2_tokenizer(), max_length=12,
+                              decoding=DecodingConfig("greedy"))
+    expected = [t.decode() for t in
+                generator.generate_text(tf.constant(prompts))["text"].numpy()]
+    capsys.readouterr()
+    cli.main(["generate", str(run), *prompts])  # greedy by default
+    assert capsys.readouterr().out.splitlines() == expected
+    assert cli.main(["export", str(run), "--name", "gpt2", "--saved-models", str(saved)]) == 0
+    capsys.readouterr()
+    cli.main(["generate", str(saved / "gpt2"), *prompts])
+    assert capsys.readouterr().out.splitlines() == expected
+    # Fine-tuning the imported run with its own tokenizer and special ids.
+    assert cli.main(["train", "char-lm", "--smoke", "--init-from", str(run),
+                     "--output-dir", str(tmp_path / "tuned"),
+                     "--export-dir", str(saved / "tuned")]) == 0
+    model, tokenizer, config = load_language_model_run(str(tmp_path / "tuned"))
+    assert type(tokenizer).__name__ == "GPT2Tokenizer" and config["max_length"] == 12
+    assert model.special_ids == from_keras_hub(task).special_ids

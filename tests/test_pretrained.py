@@ -11,18 +11,7 @@ import tensorflow as tf
 from keras_transformer.data import SpecialIds
 from keras_transformer.generation import DecodingConfig, IdDecoder, TextGenerator, greedy_generate
 from keras_transformer.models import from_keras_hub, read_structure
-
-
-def small_gpt2():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        max_sequence_length=12, dropout=0.0)
-    # Random norms too, so that a scale or bias left at its initial value shows.
-    for weight in backbone.weights:
-        if "layer_norm" in weight.path or "gamma" in weight.path or "beta" in weight.path:
-            weight.assign(np.random.default_rng(1).normal(1.0, 0.2, weight.shape))
-    return backbone
+from tests.helpers import gpt2_tokenizer, small_gpt2
 
 
 def hub_logits(backbone, ids, padding):
@@ -90,19 +79,6 @@ def test_an_imported_gpt2_saves_and_reloads(gpt2_preset, tmp_path):
     ids = np.array([[0, 4, 9, 16, 25]], "int32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(ids)),
                                keras.ops.convert_to_numpy(model(ids)), atol=1e-6)
-
-
-def gpt2_tokenizer():
-    """A byte-level BPE tokenizer of GPT-2's kind over 50 ids, `<|endoftext|>` last."""
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["!", "Ġ", *letters, *("Ġ" + c for c in letters[:12])]
-    tokens += ["ab", "cd", "Ġab", "ef", "Ġcd", "gh", "ij", "kl", "Ġef"]
-    tokens.append("<|endoftext|>")
-    assert len(tokens) == 50
-    merges = [f"Ġ {c}" for c in letters[:12]] + ["a b", "c d", "Ġ ab", "e f", "Ġ cd", "g h",
-                                                 "i j", "k l", "Ġ ef"]
-    vocabulary = {token: index for index, token in enumerate(tokens)}
-    return keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)
 
 
 def test_an_imported_gpt2_takes_its_special_ids_from_the_tokenizer_or_the_family(

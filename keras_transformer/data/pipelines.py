@@ -203,6 +203,54 @@ def language_model_dataset(
     return _with_options(dataset).prefetch(tf.data.AUTOTUNE)
 
 
+def causal_lm_dataset(texts, tokenizer, sequence_length, *, batch_size=16, special_ids=None,
+                      shuffle_buffer=None, seed=None, cache=True):
+    """Next-token batches from whole documents, one per row (fine-tuning).
+
+    Each text becomes `[start] tokens [end]` (`[start]` when
+    `special_ids.prompt_start`, as keras-hub's `CausalLM` preprocessors
+    frame them), cut to `sequence_length + 1` tokens; `inputs` are all but
+    the last, `labels` all but the first. Rows are right-padded with
+    `special_ids.pad`, labels with `special_ids.label_padding`, which
+    `MaskedSparseCategoricalCrossentropy(pad_id=special_ids.label_padding)`
+    skips.
+
+    Args:
+        texts: a list of strings, or a `tf.data.Dataset` of strings.
+        tokenizer: a keras-hub tokenizer.
+        sequence_length: int, tokens per row.
+        batch_size: int, rows per batch.
+        special_ids: a `SpecialIds` (default: the tokenizer's,
+            `special_ids_of`).
+        shuffle_buffer, seed: shuffle the documents each epoch.
+        cache: whether to cache the tokenized documents in memory.
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs, labels)`, int32 `(B, sequence_length)`.
+    """
+    special = special_ids_of(special_ids if special_ids is not None else tokenizer)
+    dataset = texts if isinstance(texts, tf.data.Dataset) else \
+        tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
+
+    def frame(text):
+        ids = _tokenize(tokenizer, text)
+        if special.prompt_start:
+            ids = tf.concat([[special.start], ids], 0)
+        ids = tf.concat([ids, [special.end]], 0)[: sequence_length + 1]
+        return ids[:-1], ids[1:]
+
+    dataset = dataset.map(frame, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache()
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    padding = (tf.constant(special.pad, tf.int32), tf.constant(special.label_padding, tf.int32))
+    dataset = dataset.padded_batch(batch_size, padded_shapes=([sequence_length],
+                                                              [sequence_length]),
+                                   padding_values=padding)
+    return _with_options(dataset).prefetch(tf.data.AUTOTUNE)
+
+
 def _with_options(dataset):
     """The options of every pipeline here.
 

@@ -106,10 +106,34 @@ def decode(tokenizer, ids):
     return texts
 
 
+def _is_preset_tokenizer(tokenizer):
+    """A keras-hub model's tokenizer (GPT-2's, Llama's, ...), saved as a preset."""
+    keras_hub = _keras_hub()
+    plain = (keras_hub.tokenizers.BytePairTokenizer, keras_hub.tokenizers.WordPieceTokenizer)
+    return type(tokenizer) not in plain and callable(getattr(tokenizer, "save_assets", None))
+
+
 def save_tokenizer(tokenizer, directory):
-    """Writes the vocabulary files into `directory` (created if needed)."""
+    """Writes the tokenizer's files into `directory` (created if needed).
+
+    The package's WordPiece and BPE vocabularies as plain files; a keras-hub
+    model's tokenizer (GPT-2's byte-level BPE, Llama's SentencePiece) in
+    keras-hub's preset layout (`tokenizer.json` and `assets/`); keras-hub's
+    `UnicodeCodepointTokenizer` as its options.
+    """
     os.makedirs(directory, exist_ok=True)
-    if isinstance(tokenizer, _keras_hub().tokenizers.BytePairTokenizer):
+    keras_hub = _keras_hub()
+    if isinstance(tokenizer, keras_hub.tokenizers.UnicodeCodepointTokenizer):
+        options = {key: tokenizer.get_config()[key] for key in
+                   ("vocabulary_size", "lowercase", "replacement_char", "normalization_form",
+                    "errors", "input_encoding", "output_encoding", "sequence_length")}
+        with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump({"type": "codepoint", **options}, f)
+        return
+    if _is_preset_tokenizer(tokenizer):
+        tokenizer.save_to_preset(directory)
+        return
+    if isinstance(tokenizer, keras_hub.tokenizers.BytePairTokenizer):
         with open(os.path.join(directory, "vocabulary.json"), "w", encoding="utf-8") as f:
             json.dump(dict(tokenizer.vocabulary), f, ensure_ascii=False)
         with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
@@ -123,6 +147,20 @@ def save_tokenizer(tokenizer, directory):
 
 def load_tokenizer(directory):
     """Reads a tokenizer written by `save_tokenizer`."""
+    options_file = os.path.join(directory, "tokenizer.json")
+    if os.path.exists(options_file):
+        with open(options_file, encoding="utf-8") as f:
+            options = json.load(f)
+        if "class_name" in options:  # keras-hub's preset layout
+            import keras
+
+            _keras_hub()  # registers keras-hub's classes
+            tokenizer = keras.saving.deserialize_keras_object(options)
+            tokenizer.load_preset_assets(directory)
+            return tokenizer
+        if options.get("type") == "codepoint":
+            options.pop("type")
+            return _keras_hub().tokenizers.UnicodeCodepointTokenizer(**options)
     bpe_vocabulary = os.path.join(directory, "vocabulary.json")
     if os.path.exists(bpe_vocabulary):
         with open(bpe_vocabulary, encoding="utf-8") as f:

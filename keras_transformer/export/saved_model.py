@@ -94,17 +94,24 @@ def _vocabulary_assets(module, staging):
     for prefix, tokenizer in module.asset_tokenizers().items():
         directory = os.path.join(staging, "vocabularies", prefix or "tokenizer")
         if isinstance(tokenizer, (keras_hub.tokenizers.WordPieceTokenizer,
-                                  keras_hub.tokenizers.BytePairTokenizer)):
+                                  keras_hub.tokenizers.BytePairTokenizer,
+                                  keras_hub.tokenizers.UnicodeCodepointTokenizer)) \
+                or tk._is_preset_tokenizer(tokenizer):
             tk.save_tokenizer(tokenizer, directory)
-        else:  # no vocabulary file (e.g. code points): its configuration
+        else:  # a tokenizer of another kind: its configuration
             os.makedirs(directory, exist_ok=True)
             with open(os.path.join(directory, "tokenizer.json"), "w") as handle:
                 json.dump({"class": type(tokenizer).__name__, **tokenizer.get_config()},
                           handle, default=str)
-        for name in sorted(os.listdir(directory)):
-            flat = os.path.join(staging, "vocabularies", f"{prefix}{name}")
-            os.rename(os.path.join(directory, name), flat)
-            assets.append(tf.saved_model.Asset(flat))
+        # One flat directory of assets: a preset's `assets/tokenizer/x` becomes
+        # `<prefix>assets_tokenizer_x`.
+        for root, _, names in sorted(os.walk(directory)):
+            for name in sorted(names):
+                relative = os.path.relpath(os.path.join(root, name), directory)
+                flat = os.path.join(staging, "vocabularies",
+                                    prefix + relative.replace(os.sep, "_"))
+                os.rename(os.path.join(root, name), flat)
+                assets.append(tf.saved_model.Asset(flat))
     return assets
 
 

@@ -167,3 +167,86 @@ class TextGenerator(SearchFront, tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt")])
     def generate_text(self, prompt):
         return self.generate(prompt, tf.constant(self.decoding.seed, tf.int32))
+
+
+# A language-model run directory: what `keras-transformer train char-lm` and
+# `keras-transformer import` write, and what `export`, `translate`,
+# `generate` and `--init-from` read.
+RUN_MODEL, RUN_TOKENIZER, RUN_CONFIG = "model.keras", "tokenizer", "config.json"
+
+
+def is_language_model_run(path):
+    """Whether `path` is a language-model run directory (`model.keras` inside)."""
+    import os
+
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, RUN_MODEL))
+
+
+def save_language_model_run(model, tokenizer, run_dir, config=None):
+    """Writes `model.keras`, `tokenizer/` and `config.json` (a dict) into `run_dir`."""
+    import json
+    import os
+
+    from keras_transformer.data import tokenizers as tk
+
+    os.makedirs(run_dir, exist_ok=True)
+    model.save(os.path.join(run_dir, RUN_MODEL))
+    tk.save_tokenizer(tokenizer, os.path.join(run_dir, RUN_TOKENIZER))
+    if config is not None:
+        with open(os.path.join(run_dir, RUN_CONFIG), "w") as handle:
+            json.dump(config, handle, indent=2)
+
+
+def load_language_model_run(run_dir):
+    """`(model, tokenizer, config)` of a language-model run directory.
+
+    A run written before the tokenizer was saved with it (a character
+    language model) gets the character tokenizer of its vocabulary size.
+    """
+    import json
+    import os
+
+    import keras
+
+    from keras_transformer.data import tokenizers as tk
+
+    if not is_language_model_run(run_dir):
+        raise FileNotFoundError(f"{run_dir!r} is not a language-model run directory: no "
+                                f"{RUN_MODEL} (written by `keras-transformer train char-lm` "
+                                "or `keras-transformer import`).")
+    config = {}
+    if os.path.exists(os.path.join(run_dir, RUN_CONFIG)):
+        with open(os.path.join(run_dir, RUN_CONFIG)) as handle:
+            config = json.load(handle)
+    checkpoint = os.path.join(run_dir, RUN_MODEL)
+    try:
+        model = keras.saving.load_model(checkpoint)
+    except Exception as error:  # zip, h5 and config errors alike
+        raise ValueError(f"Could not load the checkpoint {checkpoint!r} (truncated or "
+                         f"corrupted?): {type(error).__name__}: {error}") from error
+    if os.path.isdir(os.path.join(run_dir, RUN_TOKENIZER)):
+        tokenizer = tk.load_tokenizer(os.path.join(run_dir, RUN_TOKENIZER))
+    else:
+        from keras_transformer.recipes.char_lm import character_tokenizer
+
+        tokenizer = character_tokenizer(config.get("vocab_size", 128))
+    return model, tokenizer, config
+
+
+def load_text_generator(run_dir, quantization=None, **kwargs):
+    """A `TextGenerator` for a language-model run directory.
+
+    `kwargs` go to `TextGenerator` (`decoding`, `max_length`, ...);
+    `max_length` defaults to the run's (its config's, else the model's).
+    A mixed-precision checkpoint generates as its float32 copy;
+    `quantization="int8"` gives it int8 weights.
+    """
+    from keras_transformer.models import float32_copy, quantize
+
+    model, tokenizer, config = load_language_model_run(run_dir)
+    model = float32_copy(model)
+    if quantization is not None:
+        model = quantize(model, quantization)
+    limit = getattr(cached_decoder(model), "max_length", None)
+    kwargs.setdefault("max_length", config.get("max_length") or limit)
+    return TextGenerator(model, tokenizer, **kwargs)

@@ -12,8 +12,9 @@ from keras_transformer.models.cached_decoding import (
 )
 from keras_transformer.models.config import TransformerConfig
 from keras_transformer.models.graph import ModelStructure, read_structure
+from keras_transformer.models.lora import enable_lora
 from keras_transformer.models.precision import float32_copy
-from keras_transformer.models.pretrained import from_keras_hub
+from keras_transformer.models.pretrained import from_keras_hub, import_preset
 from keras_transformer.models.quantization import quantize
 
 __all__ = [
@@ -27,8 +28,10 @@ __all__ = [
     "build_transformer",
     "cached_decoder",
     "decoding_traits",
+    "enable_lora",
     "float32_copy",
     "from_keras_hub",
+    "import_preset",
     "is_encoder_decoder",
     "quantize",
     "read_structure",

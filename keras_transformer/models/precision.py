@@ -54,4 +54,7 @@ def float32_copy(model):
 
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
+    special_ids = getattr(model, "special_ids", None)
+    if special_ids is not None:  # the vocabulary's ids stay the model's
+        copy.special_ids = special_ids
     return copy

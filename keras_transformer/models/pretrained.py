@@ -86,6 +86,35 @@ def from_keras_hub(backbone_or_preset, tokenizer=None, max_length=None):
     return model
 
 
+def import_preset(backbone_or_preset, output_dir, max_length=None, tokenizer=None):
+    """Writes a language-model run directory for a keras-hub model.
+
+    `output_dir` gets `model.keras` (`from_keras_hub`'s model, its special
+    ids inside), `tokenizer/` (the preset's or task's, or `tokenizer`) and
+    `config.json`; `export`, `translate`, `generate`, `serve` (after
+    `export`) and the char-lm recipe's `--init-from` read it. What
+    `keras-transformer import` runs. Returns `output_dir`.
+
+    Raises:
+        ValueError: no tokenizer (a bare backbone, or a preset saved without
+            one, and no `tokenizer`).
+    """
+    from keras_transformer.generation.text_generator import save_language_model_run
+
+    tokenizer = tokenizer or preset_tokenizer(backbone_or_preset)
+    if tokenizer is None:
+        raise ValueError(f"{backbone_or_preset!r} has no tokenizer (a bare backbone, or a "
+                         "preset saved without one); pass `tokenizer=`.")
+    model = from_keras_hub(backbone_or_preset, tokenizer=tokenizer, max_length=max_length)
+    source = (os.fspath(backbone_or_preset)
+              if isinstance(backbone_or_preset, (str, os.PathLike))
+              else type(backbone_or_preset).__name__)
+    save_language_model_run(model, tokenizer, output_dir,
+                            {"imported_from": source, "max_length": model.max_length,
+                             "special_ids": model.special_ids.to_dict()})
+    return output_dir
+
+
 def preset_tokenizer(task_or_preset):
     """The keras-hub tokenizer of a task (its preprocessor's) or of a preset
     (`keras_hub.models.Tokenizer.from_preset`), or None where there is none

@@ -27,6 +27,13 @@ This module is the recipe that `keras-transformer train char-lm` and
     keras-transformer train char-lm --data path/to/tinyshakespeare.txt.gz
     keras-transformer train char-lm            # downloads tiny-shakespeare (TFDS)
     keras-transformer train char-lm --smoke    # 3 short epochs, for the tests
+    keras-transformer train char-lm --init-from runs/gpt2 --data my.txt   # fine-tune
+
+With `--init-from RUN_DIR` (a run that `keras-transformer import` or an
+earlier char-lm run wrote), the recipe fine-tunes that run's model on the
+text instead of training a new one, with the run's own tokenizer (GPT-2's
+byte-level BPE, Llama's SentencePiece, or characters) and special ids; the
+windows, the clock and the export are the same.
 """
 
 import argparse
@@ -40,9 +47,15 @@ import tensorflow as tf
 
 from keras_transformer._optional import require
 from keras_transformer.data import datasets, pipelines
+from keras_transformer.data import tokenizers as tk
+from keras_transformer.data.special_tokens import special_ids_of
 from keras_transformer.export import export_saved_model
 from keras_transformer.evaluation import plots
 from keras_transformer.generation import DecodingConfig, TextGenerator
+from keras_transformer.generation.text_generator import (
+    load_language_model_run,
+    save_language_model_run,
+)
 from keras_transformer.models import TransformerConfig, build_causal_lm
 from keras_transformer.recipes import model_options
 from keras_transformer.training import (
@@ -113,7 +126,12 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=1000,
                         help="most passes over the text (the clock usually stops it first)")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per batch")
-    parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak learning rate (default: 3e-3; 1e-4 with --init-from)")
+    parser.add_argument("--init-from", default=None,
+                        help="a language-model run directory (`keras-transformer import`, "
+                             "or an earlier char-lm run): fine-tune its model on the text "
+                             "with its own tokenizer instead of training a new one")
     parser.add_argument("--strategy", default="none", choices=["none", "mirrored", "tpu", "auto"],
                         help="tf.distribute strategy: none (one device), mirrored (all local "
                              "GPUs), tpu, or auto")
@@ -152,6 +170,10 @@ def run(args):
                 setattr(args, name, value)
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
+    if args.init_from:
+        return fine_tune(args)
+    if args.learning_rate is None:
+        args.learning_rate = 3e-3
     tokenizer = character_tokenizer()
     text = read_text(args)
     config = choose_model_shape(args, tokenizer)
@@ -162,6 +184,7 @@ def run(args):
                                                args.learning_rate)
     scores = score(model, val, seconds, args.batch_size, config.max_length)
     model.save(os.path.join(args.output_dir, "model.keras"))
+    tk.save_tokenizer(tokenizer, os.path.join(args.output_dir, "tokenizer"))
     plots.plot_history(history.history, os.path.join(args.output_dir, "curves.png"),
                        metrics=("loss", "perplexity"))
     path = export_and_sample(model, tokenizer, config.max_length, args)
@@ -257,14 +280,14 @@ def train_against_the_clock(model, train, minutes, epochs, learning_rate):
 
 
 # ## Validation loss in nats per character
-def score(model, val, seconds, batch_size, context):
-    """`{"loss": nats/char, "perplexity": ...}` on the held-out tail, printed."""
+def score(model, val, seconds, batch_size, context, unit="char"):
+    """`{"loss": nats/unit, "perplexity": ...}` on the held-out tail, printed."""
     scores = model.evaluate(val, return_dict=True, verbose=0)
     print(f"\nTrained for {seconds:.0f} s ({model.optimizer.iterations.numpy():,} steps of "
-          f"{batch_size}×{context} characters)")
-    print(f"Validation loss {scores['loss']:.3f} nats/char "
-          f"(perplexity {scores['perplexity']:.2f}) on the last 10 % of the text; "
-          "nanoGPT's CPU recipe: 1.87 in ~95 s")
+          f"{batch_size}×{context} {unit}s)")
+    print(f"Validation loss {scores['loss']:.3f} nats/{unit} "
+          f"(perplexity {scores['perplexity']:.2f}) on the last 10 % of the text"
+          + ("; nanoGPT's CPU recipe: 1.87 in ~95 s" if unit == "char" else ""))
     return scores
 
 
@@ -283,6 +306,39 @@ def export_and_sample(model, tokenizer, context, args):
     text = generate(prompt=tf.constant(["ROMEO:\n"]), seed=tf.constant(args.seed))["text"]
     print(f"\nExported to {path}; a sample through it:\n{text[0].numpy().decode()}")
     return path
+
+
+# ## Fine-tuning a model from a run (`--init-from`)
+#
+# The run's model (its weights, its special ids) and tokenizer replace the
+# new model and the character tokenizer; the text is cut into windows of
+# the run's tokens, as above. The windows are at most the model's length
+# (`--max-length` shortens them). Labels are never padding here (the
+# windows are full), but a vocabulary whose padding is a real token
+# (GPT-2's) keeps every label: the loss skips `label_padding` only.
+def fine_tune(args):
+    """Fine-tunes the model of `args.init_from` on the text; writes a run and an export."""
+    model, tokenizer, _ = load_language_model_run(args.init_from)
+    special = special_ids_of(model)
+    limit = model.max_length if hasattr(model, "max_length") else MODEL.max_length
+    context = min(getattr(args, "max_length", None) or MODEL.max_length, limit)
+    learning_rate = 1e-4 if args.learning_rate is None else args.learning_rate
+    text = read_text(args)
+    train, val = make_pipelines(tokenizer, text, context, args.batch_size, args.seed)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate, beta_2=0.99, weight_decay=0.1,
+                                         global_clipnorm=1.0),
+        loss=MaskedSparseCategoricalCrossentropy(pad_id=special.label_padding),
+        metrics=[masked_perplexity(pad_id=special.label_padding)],
+        jit_compile=True,
+    )
+    history, seconds = train_against_the_clock(model, train, args.minutes, args.epochs,
+                                               learning_rate)
+    scores = score(model, val, seconds, args.batch_size, context, unit="token")
+    save_language_model_run(model, tokenizer, args.output_dir,
+                            {"init_from": args.init_from, "max_length": context})
+    path = export_and_sample(model, tokenizer, context, args)
+    return {"val_loss": scores["loss"], "seconds": seconds, "export_path": path}
 
 
 if __name__ == "__main__":
