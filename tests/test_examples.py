@@ -105,3 +105,10 @@ def test_custom_model_example_trains_decodes_and_exports_its_own_model(tmp_path)
     assert result["loss"][-1] < result["loss"][0]
     assert result["export_path"] == str(tmp_path / "mine" / "1")
     assert result["served"] == result["translations"] and len(result["served"]) == 4
+
+
+def test_from_keras_hub_example_smoke_imports_fine_tunes_and_serves(tmp_path):
+    result = _load("from_keras_hub").main(["--smoke", "--export-dir", str(tmp_path / "gpt2")])
+    assert result["loss"][-1] < result["loss"][0]
+    assert result["served"] == result["generated"]
+    assert result["export_path"] == str(tmp_path / "gpt2" / "1")

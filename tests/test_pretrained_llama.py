@@ -129,3 +129,54 @@ def test_the_llama_family_options_reach_the_layers(family_preset):
     again = type(attention).from_config(config)
     assert again.rotary_scaling == attention.rotary_scaling
     assert again.use_bias == attention.use_bias
+
+
+def small_bart():
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BartBackbone(
+        vocabulary_size=VOCABULARY, num_layers=2, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=16, dropout=0.0)
+    rng = np.random.default_rng(1)
+    for weight in backbone.weights:
+        if "layer_norm" in weight.path or "bias" in weight.path or "beta" in weight.path:
+            weight.assign(rng.normal(1.0, 0.2, weight.shape))
+        elif "kernel" in weight.path:
+            weight.assign(rng.normal(0.0, 0.3, weight.shape))
+    return backbone
+
+
+def test_bart_becomes_a_translator_shaped_model_with_keras_hubs_logits(tmp_path):
+    backbone = small_bart()
+    backbone.save_to_preset(str(tmp_path / "bart"))
+    model = from_keras_hub(str(tmp_path / "bart"))
+    assert model.is_encoder_decoder
+    # BART's vocabulary: <s>=0 (not shown), <pad>=1, </s>=2 starts and ends.
+    assert model.special_ids == SpecialIds(start=2, end=2, pad=1, unknown=None,
+                                           suppressed=(1,), stripped=(0,))
+    rng = np.random.default_rng(2)
+    source = rng.integers(3, VOCABULARY, size=(3, 9)).astype("int32")
+    source[:, 0] = 0  # <s>, a real token
+    source[1, 5:] = 1  # padding
+    target = rng.integers(3, VOCABULARY, size=(3, 7)).astype("int32")
+    target[:, 0] = 2
+    target[2, 4:] = 1
+    source_padding, target_padding = (source != 1).astype("int32"), (target != 1)
+    hidden = backbone({"encoder_token_ids": source, "encoder_padding_mask": source_padding,
+                       "decoder_token_ids": target,
+                       "decoder_padding_mask": target_padding.astype("int32")})
+    theirs = keras.ops.convert_to_numpy(
+        backbone.token_embedding(hidden["decoder_sequence_output"], reverse=True))
+    ours = keras.ops.convert_to_numpy(model([source, target]))
+    np.testing.assert_allclose(ours[target_padding], theirs[target_padding], atol=1e-4)
+    assert np.abs(theirs).max() > 0.1
+    # The package's cached greedy equals its full-pass greedy, padding masked.
+    from keras_transformer.generation import greedy_translate
+
+    ids, _ = IdDecoder(model, max_length=10, decoding=DecodingConfig("greedy"))(source)
+    np.testing.assert_array_equal(ids, greedy_translate(model, source, 10,
+                                                        special_ids=model.special_ids))
+    with pytest.raises(ValueError, match="encoder–decoder"):
+        from keras_transformer.models import import_preset
+
+        import_preset(str(tmp_path / "bart"), str(tmp_path / "run"),
+                      tokenizer=object())

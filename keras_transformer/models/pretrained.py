@@ -17,6 +17,12 @@ Covered:
   adjustment; Mistral's and Qwen2's linear `rope_scaling_factor`), Mistral's
   sliding window, Qwen2's query/key/value biases, no other biases, tied or
   untied output as the backbone says.
+- **BART** (`BartBackbone`), an encoder–decoder called as the builders'
+  translators are (`model([source_ids, target_ids])`): learned positions, the
+  embedding LayerNorm on each side, post-LN blocks with exact GELU, the
+  output tied to the decoder's token table; padding masked by `<pad>`
+  (`PositionalEmbedding(padding_id=...)`). BART ties the encoder's token
+  table to the decoder's; here the encoder's starts as a copy.
 Any other backbone is a `ValueError` naming it.
 
 Special ids. Token id 0 is a real token in these vocabularies (GPT-2's `!`),
@@ -36,7 +42,12 @@ import keras
 
 from keras_transformer._optional import require
 from keras_transformer.data.special_tokens import SpecialIds, special_ids_of
-from keras_transformer.layers import DecoderBlock, PositionalEmbedding, RMSNormalization
+from keras_transformer.layers import (
+    DecoderBlock,
+    EncoderBlock,
+    PositionalEmbedding,
+    RMSNormalization,
+)
 from keras_transformer.models.builders import TransformerModel
 
 
@@ -77,12 +88,12 @@ def from_keras_hub(backbone_or_preset, tokenizer=None, max_length=None):
         raise ValueError(
             f"keras_transformer cannot import a {family} yet; it imports "
             f"{sorted(_CONVERTERS)}.")
-    model = convert(backbone, max_length)
     tokenizer = tokenizer or preset_tokenizer(backbone_or_preset)
-    if tokenizer is not None:
-        model.special_ids = special_ids_of(tokenizer)
-    elif family in _FAMILY_SPECIAL_IDS:
-        model.special_ids = _FAMILY_SPECIAL_IDS[family](backbone)
+    special = special_ids_of(tokenizer) if tokenizer is not None else None
+    if family in _FAMILY_SPECIAL_IDS:
+        special = _FAMILY_SPECIAL_IDS[family](backbone, special)
+    model = convert(backbone, max_length, special)
+    model.special_ids = special
     return model
 
 
@@ -106,6 +117,10 @@ def import_preset(backbone_or_preset, output_dir, max_length=None, tokenizer=Non
         raise ValueError(f"{backbone_or_preset!r} has no tokenizer (a bare backbone, or a "
                          "preset saved without one); pass `tokenizer=`.")
     model = from_keras_hub(backbone_or_preset, tokenizer=tokenizer, max_length=max_length)
+    if model.is_encoder_decoder:
+        raise ValueError(f"{model.name} is an encoder–decoder: `import` writes language-model "
+                         "runs; translate with `Translator(from_keras_hub(...), tokenizer, "
+                         "tokenizer, max_length=...)` instead.")
     source = (os.fspath(backbone_or_preset)
               if isinstance(backbone_or_preset, (str, os.PathLike))
               else type(backbone_or_preset).__name__)
@@ -142,7 +157,7 @@ def _backbone(value, keras_hub):
                     f"preset handle. Received: {type(value).__name__}")
 
 
-def _gpt2(backbone, max_length=None):
+def _gpt2(backbone, max_length=None, special_ids=None):
     """GPT-2: learned positions, pre-LN LayerNorm (eps 1e-5), tanh GELU, tied output."""
     if max_length is not None and max_length > backbone.max_sequence_length:
         raise ValueError(f"GPT-2's learned positions stop at {backbone.max_sequence_length}. "
@@ -180,8 +195,11 @@ def _gpt2(backbone, max_length=None):
     return model
 
 
-def _gpt2_special_ids(backbone):
-    """GPT-2's vocabulary ends with `<|endoftext|>`: it starts, ends and pads."""
+def _gpt2_special_ids(backbone, from_tokenizer):
+    """The tokenizer's, else GPT-2's convention: the vocabulary ends with
+    `<|endoftext|>`, which starts, ends and pads."""
+    if from_tokenizer is not None:
+        return from_tokenizer
     end = backbone.vocabulary_size - 1
     return SpecialIds(start=end, end=end, pad=end, unknown=None, suppressed=(),
                       prompt_start=True, stripped=())
@@ -202,7 +220,7 @@ def _rotary_scaling(backbone):
     return None if factor == 1.0 else {"rope_type": "linear", "factor": factor}
 
 
-def _llama_family(backbone, max_length=None):
+def _llama_family(backbone, max_length=None, special_ids=None):
     """Llama, Llama 3, Mistral, Qwen2: RMSNorm, SwiGLU, GQA, rotary, no biases
     (Qwen2: query/key/value biases), tied or untied output."""
     family = type(backbone).__name__
@@ -262,7 +280,79 @@ def _llama_family(backbone, max_length=None):
     return model
 
 
+def _bart(backbone, max_length=None, special_ids=None):
+    """BART: an encoder–decoder, learned positions, an embedding LayerNorm on
+    each side, post-LN blocks with exact GELU, the output tied to the token
+    embedding, padding masked by the vocabulary's padding id."""
+    if max_length is not None and max_length > backbone.max_sequence_length:
+        raise ValueError(f"BART's learned positions stop at {backbone.max_sequence_length}. "
+                         f"Received: max_length={max_length}")
+    length = max_length or backbone.max_sequence_length
+    vocabulary, width = backbone.vocabulary_size, backbone.hidden_dim
+    # BART shares one token table between encoder and decoder; each
+    # PositionalEmbedding holds its own, so the encoder's starts as a copy
+    # (fine-tuning then trains the two apart).
+    embed = dict(positions="learned", scale=False, padding_id=special_ids.pad)
+    source_embedding = PositionalEmbedding(vocabulary, length, width,
+                                           name="source_embedding", **embed)
+    target_embedding = PositionalEmbedding(vocabulary, length, width,
+                                           name="target_embedding", **embed)
+    source_ids = keras.Input((None,), dtype="int32", name="source_ids")
+    target_ids = keras.Input((None,), dtype="int32", name="target_ids")
+    block = dict(num_heads=backbone.num_heads, ffn_dim=backbone.intermediate_dim,
+                 dropout=backbone.dropout, norm_first=False, layer_norm_epsilon=1e-5,
+                 activation="gelu")
+    source_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="source_embedding_norm")
+    x = keras.layers.Dropout(backbone.dropout, name="source_dropout")(
+        source_norm(source_embedding(source_ids)))
+    encoder_blocks = [EncoderBlock(**block, name=f"encoder_block_{i}")
+                      for i in range(backbone.num_layers)]
+    for encoder_block in encoder_blocks:
+        x = encoder_block(x)
+    target_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="target_embedding_norm")
+    y = keras.layers.Dropout(backbone.dropout, name="target_dropout")(
+        target_norm(target_embedding(target_ids)))
+    decoder_blocks = [DecoderBlock(**block, name=f"decoder_block_{i}")
+                      for i in range(backbone.num_layers)]
+    for decoder_block in decoder_blocks:
+        y = decoder_block(y, x)
+    logits = target_embedding(y, reverse=True)
+    model = TransformerModel([source_ids, target_ids], logits, name=backbone.name)
+
+    for embedding, positions in ((source_embedding, backbone.encoder_position_embedding),
+                                 (target_embedding, backbone.decoder_position_embedding)):
+        embedding.token_embeddings.assign(backbone.token_embedding.embeddings)
+        embedding.position_embeddings.assign(positions.position_embeddings[:length])
+    source_norm.set_weights(backbone.encoder_embeddings_layer_norm.get_weights())
+    target_norm.set_weights(backbone.decoder_embeddings_layer_norm.get_weights())
+    for ours, theirs in zip(encoder_blocks + decoder_blocks,
+                            backbone.encoder_transformer_layers
+                            + backbone.decoder_transformer_layers):
+        pairs = [(ours._self_attention, theirs._self_attention_layer),
+                 (ours._self_attention_norm, theirs._self_attention_layer_norm),
+                 (ours._feedforward._inner_dense, theirs._feedforward_intermediate_dense),
+                 (ours._feedforward._output_dense, theirs._feedforward_output_dense),
+                 (ours._feedforward_norm, theirs._feedforward_layer_norm)]
+        if isinstance(ours, DecoderBlock):
+            pairs += [(ours._cross_attention, theirs._cross_attention_layer),
+                      (ours._cross_attention_norm, theirs._cross_attention_layer_norm)]
+        for mine, hub in pairs:
+            mine.set_weights(hub.get_weights())
+    return model
+
+
+def _bart_special_ids(backbone, from_tokenizer):
+    """BART's decoder starts from `</s>` (keras-hub's preprocessor packs
+    `</s> <s> tokens </s>`), ends with `</s>`, pads with `<pad>`; `<s>` is
+    not shown. The tokenizer's ids, else BART's vocabulary's (`<s>`=0,
+    `<pad>`=1, `</s>`=2)."""
+    start, pad, end = ((from_tokenizer.start, from_tokenizer.pad, from_tokenizer.end)
+                       if from_tokenizer is not None else (0, 1, 2))
+    return SpecialIds(start=end, end=end, pad=pad, unknown=None, suppressed=(pad,),
+                      stripped=(start,))
+
+
 _CONVERTERS = {"GPT2Backbone": _gpt2, "LlamaBackbone": _llama_family,
                "Llama3Backbone": _llama_family, "MistralBackbone": _llama_family,
-               "QwenBackbone": _llama_family}
-_FAMILY_SPECIAL_IDS = {"GPT2Backbone": _gpt2_special_ids}
+               "QwenBackbone": _llama_family, "BartBackbone": _bart}
+_FAMILY_SPECIAL_IDS = {"GPT2Backbone": _gpt2_special_ids, "BartBackbone": _bart_special_ids}
