@@ -44,11 +44,11 @@ def _train_parser(subparsers):
 def _load_translate_function(model_path, decoding=None):
     """`list of str → list of str` for a SavedModel (base or version dir) or a run dir
     (`decoding`, a `DecodingConfig`, for a run dir; a SavedModel has its own)."""
+    import tensorflow as tf
+
     from keras_transformer.generation.text_generator import is_language_model_run
 
     if is_language_model_run(model_path):  # an imported model or a char-lm run
-        import tensorflow as tf
-
         from keras_transformer.generation import DecodingConfig
         from keras_transformer.generation.text_generator import load_text_generator
 
@@ -57,15 +57,11 @@ def _load_translate_function(model_path, decoding=None):
         return lambda texts: [t.decode("utf-8") for t in
                               generator.generate_text(tf.constant(texts))["text"].numpy()]
     if os.path.exists(os.path.join(model_path, "best.keras")):  # a translation run
-        import tensorflow as tf
-
         from keras_transformer.generation import load_translator
 
         translator = load_translator(model_path)
         return lambda texts: [t.decode("utf-8") for t in
                               translator.translate(tf.constant(texts))["translation"].numpy()]
-    import tensorflow as tf
-
     # The server module loads tensorflow-text, whose tokenizer ops the graph uses.
     from keras_transformer.export.server import is_model_version, latest_version, load_model
 

@@ -20,7 +20,10 @@ Shared arguments:
     forced_ids: optional `(B, P)` int prompt (position 0 included); row `b`
         is copied for its first `forced_lengths[b]` positions instead of
         being chosen (teacher forcing through the cache).
-    forced_lengths: `(B,)` int, each prompt's length (≥ 1).
+    forced_lengths: `(B,)` int, each prompt's length (≥ 1). Prompts of a
+        static width of 2 or more go through the cache in one call first
+        (`Stepper.prefill`, as keras-hub's `generate` encodes a prompt), and
+        the loop starts at the shortest prompt's last position.
     special_ids: a `SpecialIds` (default: the package's): the search ends a
         row at `end`, fills it with `pad` after, and never chooses an id of
         `suppressed`.
@@ -93,7 +96,7 @@ def cache_lengths(stepper, max_length):
     return lengths + [max_length]
 
 
-def _while_loop(stepper, cond, body, loop_vars, max_length):
+def _while_loop(stepper, cond, body, loop_vars, max_length, min_length=0):
     """`ops.while_loop` over at most `max_length` steps, the loop variables
     `(i, ..., state)`, with a cache that grows as `i` does.
 
@@ -101,8 +104,11 @@ def _while_loop(stepper, cond, body, loop_vars, max_length):
     (and beam search reorders) the positions that can have been written,
     not all `max_length` of them: decoding stops long before `max_length`
     for most batches, and a step's cost is dominated by reading its cache.
+    The cache never holds fewer than `min_length` positions (those a
+    prefilled prompt wrote).
     """
     lengths = cache_lengths(stepper, max_length)
+    lengths = [length for length in lengths if length >= min_length] or [max_length]
     if len(lengths) == 1:
         return ops.while_loop(cond, body, loop_vars, maximum_iterations=max_length)
     done = 0
@@ -116,6 +122,40 @@ def _while_loop(stepper, cond, body, loop_vars, max_length):
                                    maximum_iterations=length - done)
         done = length
     return loop_vars
+
+
+def _can_prefill(stepper, forced_ids, max_length):
+    """Whether the prompts can go through the cache in one call: a stepper
+    that can (`prefill`), a static prompt width of 2 or more that the cache
+    holds."""
+    if forced_ids is None or not callable(getattr(stepper, "prefill", None)):
+        return False
+    width = forced_ids.shape[1]
+    return width is not None and 2 <= width <= max_length
+
+
+def _prefill(stepper, state, forced_ids, forced_lengths, max_length, pad):
+    """The prompts through the cache in one call, as keras-hub's `generate`
+    encodes them: positions `0 … P - 1` are written at once, and the search
+    starts at the last position every row's prompt has (`min(lengths) - 1`),
+    forcing the longer prompts' remaining tokens as before (rewriting their
+    positions with the same keys and values). A row's padding positions are
+    written too, but each is rewritten by its own step before any query
+    reads it (causal attention).
+
+    Returns `(start, token, ids, state)`: the first loop index, the tokens at
+    it, the output buffer with the prompts' positions `1 … start` filled.
+    """
+    state = stepper.prefill(forced_ids, state)
+    start = ops.maximum(ops.min(forced_lengths) - 1, 0)
+    token = ops.take(forced_ids, start, axis=1)
+    width = forced_ids.shape[1]
+    shifted = forced_ids[:, 1:]
+    if width - 1 < max_length:
+        shifted = ops.pad(shifted, [[0, 0], [0, max_length - width + 1]], constant_values=pad)
+    columns = ops.arange(max_length, dtype="int32")
+    ids = ops.where(columns[None] < start, shifted[:, :max_length], pad)
+    return start, token, ops.cast(ids, "int32"), state
 
 
 def _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_lengths,
@@ -144,10 +184,17 @@ def _search(stepper, state, first_ids, max_length, choose, forced_ids, forced_le
     def cond(i, token, ids, finished, scores, state):
         return (i < max_length) & ~ops.all(finished)
 
-    loop_vars = (ops.convert_to_tensor(0, "int32"), first_ids,
-                 ops.full([batch_size, max_length], special.pad, "int32"), ops.zeros([batch_size], "bool"),
+    start, ids, min_length = ops.convert_to_tensor(0, "int32"), None, 0
+    if _can_prefill(stepper, forced_ids, max_length):
+        start, first_ids, ids, state = _prefill(stepper, state, forced_ids, forced_lengths,
+                                                max_length, special.pad)
+        min_length = forced_ids.shape[1]
+    if ids is None:
+        ids = ops.full([batch_size, max_length], special.pad, "int32")
+    loop_vars = (start, first_ids, ids, ops.zeros([batch_size], "bool"),
                  ops.zeros([batch_size], "float32"), state)
-    _, _, ids, _, scores, _ = _while_loop(stepper, cond, body, loop_vars, max_length)
+    _, _, ids, _, scores, _ = _while_loop(stepper, cond, body, loop_vars, max_length,
+                                          min_length)
     return ids, scores
 
 
@@ -249,6 +296,16 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
     first_ids = ops.cast(first_ids, "int32")
     batch_size = ops.shape(first_ids)[0]
     flat = batch_size * k
+    start, ids, min_length = ops.convert_to_tensor(0, "int32"), None, 0
+    if _can_prefill(stepper, forced_ids, max_length):
+        # Once per row, before the beams: they share the prompt.
+        start, first_ids, ids, state = _prefill(
+            stepper, state, ops.cast(forced_ids, "int32"), ops.cast(forced_lengths, "int32"),
+            max_length, special.pad)
+        ids = ops.repeat(ids, k, axis=0)
+        min_length = forced_ids.shape[1]
+    if ids is None:
+        ids = ops.full([flat, max_length], special.pad, "int32")
     state = stepper.repeat(state, k)
     if forced_ids is not None:
         forced_ids = ops.repeat(ops.cast(forced_ids, "int32"), k, axis=0)
@@ -301,11 +358,11 @@ def beam_search(stepper, state, first_ids, max_length, *, beam_size=4, alpha=0.6
     def cond(i, token, ids, finished, lengths, scores, state):
         return (i < max_length) & ~ops.all(rows_done(finished, lengths, scores))
 
-    loop_vars = (ops.convert_to_tensor(0, "int32"), ops.repeat(first_ids, k, axis=0),
-                 ops.full([flat, max_length], special.pad, "int32"), ops.zeros([flat], "bool"),
-                 ops.zeros([flat], "int32"), initial_scores, state)
+    # A beam's length counts the prompt positions a prefill skipped.
+    loop_vars = (start, ops.repeat(first_ids, k, axis=0), ids, ops.zeros([flat], "bool"),
+                 ops.full([flat], start, "int32"), initial_scores, state)
     _, _, ids, finished, lengths, scores, _ = _while_loop(
-        stepper, cond, body, loop_vars, max_length)
+        stepper, cond, body, loop_vars, max_length, min_length)
     normalized = scores / ops.reshape(length_penalty(lengths, alpha), [-1, k])
     # In a row that is done, a beam still going cannot win: only ended beams count.
     going = ~ops.reshape(finished, [-1, k])

@@ -64,6 +64,12 @@ class Stepper:
         logits, state = self.decoder.call_with_cache(token_ids[:, None], state, index)
         return ops.cast(logits[:, 0], "float32"), state
 
+    def prefill(self, token_ids, state):
+        """`state` with the prompts `token_ids` `(B, P)` written at positions
+        `0 … P - 1` in one call (`call_with_cache` with `T = P`)."""
+        _, state = self.decoder.call_with_cache(token_ids, state, 0)
+        return state
+
     def step_with_attention(self, token_ids, index, state):
         """`step`, plus each decoder block's cross-attention `(B, N, S)`."""
         method = getattr(self.decoder, "call_with_cache_and_attention", None)
