@@ -180,3 +180,40 @@ def test_bart_becomes_a_translator_shaped_model_with_keras_hubs_logits(tmp_path)
 
         import_preset(str(tmp_path / "bart"), str(tmp_path / "run"),
                       tokenizer=object())
+
+
+def sentencepiece_llama_tokenizer():
+    """A SentencePiece vocabulary of Llama's kind (<unk>=0, <s>=1, </s>=2), trained here."""
+    import io
+
+    import sentencepiece
+
+    from keras_transformer.data import generate_pairs
+
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter([english for english, _ in generate_pairs(300, seed=0)]),
+        model_writer=proto, vocab_size=VOCABULARY, model_type="bpe", unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, minloglevel=2)
+    return keras_hub.models.LlamaTokenizer(proto=proto.getvalue())
+
+
+def test_a_llama_with_its_sentencepiece_tokenizer_exports_and_serves_text(tmp_path):
+    from keras_transformer.data import tokenizers as tk
+    from keras_transformer.generation import TextGenerator
+    from tests.helpers import check_export_and_serve
+
+    tokenizer = sentencepiece_llama_tokenizer()
+    # `small_backbone` seeds TensorFlow after the tokenizer is made, which
+    # clears the eager kernels that own its tensorflow-text resource: the
+    # generator must make it again (`tokenizers.ready_for_graphs`).
+    model = from_keras_hub(small_backbone("llama"), tokenizer=tokenizer, max_length=16)
+    assert (model.special_ids.start, model.special_ids.end) == (1, 2)
+    # The run directory keeps it in keras-hub's preset layout.
+    tk.save_tokenizer(tokenizer, str(tmp_path / "tokenizer"))
+    again = tk.load_tokenizer(str(tmp_path / "tokenizer"))
+    assert np.asarray(again("one book")).tolist() == np.asarray(tokenizer("one book")).tolist()
+    generator = TextGenerator(model, tokenizer, max_length=12,
+                              decoding=DecodingConfig("greedy"))
+    check_export_and_serve(generator, ["one book", "three houses", ""], "prompt", "text",
+                           tmp_path)

@@ -113,6 +113,27 @@ def _is_preset_tokenizer(tokenizer):
     return type(tokenizer) not in plain and callable(getattr(tokenizer, "save_assets", None))
 
 
+def ready_for_graphs(tokenizer):
+    """`tokenizer`, with fresh TensorFlow resources, for graphs traced next.
+
+    keras-hub 0.32's `SentencePieceTokenizer` (Llama's, Mistral's, T5's)
+    holds a tensorflow-text op whose resource belongs to the eager kernel
+    that made it: `tf.random.set_seed` (which `keras.utils.set_random_seed`
+    calls) clears TensorFlow's eager caches and with them that resource, and
+    every graph traced afterwards fails with "Resource ... SentencepieceOp
+    ... does not exist". `Translator` and `TextGenerator` call this before
+    they trace: the op is made again, now, so that their graphs (and the
+    SavedModel) read a live resource. Other tokenizers are returned as they
+    are.
+    """
+    initialize = getattr(tokenizer, "_maybe_initialized_tf", None)
+    if callable(initialize) and getattr(tokenizer, "proto", None) is not None:
+        tokenizer._sentence_piece = None
+        with tf.init_scope():
+            initialize()
+    return tokenizer
+
+
 def save_tokenizer(tokenizer, directory):
     """Writes the tokenizer's files into `directory` (created if needed).
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from keras_transformer import _deprecation
 from keras_transformer.data.special_tokens import DEFAULT_SPECIAL_IDS
+from keras_transformer.data.tokenizers import ready_for_graphs
 from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.steppers import model_variables
@@ -102,7 +103,7 @@ class TextGenerator(SearchFront, tf.Module):
         # serving signature, which a subclassed model cannot always give.
         object.__setattr__(self, "model", model)
         self._model_variables = model_variables(model)
-        self.tokenizer = tokenizer
+        self.tokenizer = ready_for_graphs(tokenizer)
         if decoding is None:
             decoding = DecodingConfig.from_legacy(
                 temperature=1.0 if temperature is None else temperature, top_k=top_k,

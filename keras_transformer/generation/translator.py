@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras_transformer import _deprecation
 from keras_transformer._optional import require
 from keras_transformer.data.special_tokens import DEFAULT_SPECIAL_IDS
+from keras_transformer.data.tokenizers import ready_for_graphs
 from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.decoding import DecodingConfig
 from keras_transformer.generation.steppers import model_variables
@@ -124,8 +125,8 @@ class Translator(SearchFront, tf.Module):
         # serving signature, which a subclassed model cannot always give.
         object.__setattr__(self, "model", model)
         self._model_variables = model_variables(model)
-        self.source_tokenizer = source_tokenizer
-        self.target_tokenizer = target_tokenizer
+        self.source_tokenizer = ready_for_graphs(source_tokenizer)
+        self.target_tokenizer = ready_for_graphs(target_tokenizer)
         self.max_length = int(max_length)
         if source_length_bucket is not None and source_length_bucket < 1:
             raise ValueError("`source_length_bucket` must be None or >= 1. Received: "
