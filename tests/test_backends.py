@@ -20,6 +20,7 @@ from keras_transformer.data.special_tokens import START_ID
 from keras_transformer.generation import (
     DecodingConfig,
     IdDecoder,
+    SearchCore,
     greedy_generate,
     greedy_translate,
 )
@@ -92,6 +93,52 @@ def test_a_decoder_only_model_decodes_with_the_cache_and_samples_by_seed():
     np.testing.assert_array_equal(sampler(prompts)[0], first)  # same seed, same text
     assert not np.array_equal(sampler(prompts, seed=4)[0], first)
     np.testing.assert_array_equal(first[:, :2], prompts[:, 1:])  # the prompt is kept
+
+
+def test_one_row_is_searched_as_two_and_decodes_as_it_does_in_a_batch(monkeypatch):
+    # XLA on CPU runs a one-row matrix product on one core: a batch of one
+    # row is searched as two (the row and a copy), beams as they are.
+    keras.utils.set_random_seed(2)
+    model = build_causal_lm(_config(num_decoder_layers=2))
+    prompts = np.random.default_rng(2).integers(4, 40, size=(3, 3)).astype("int32")
+    searched_rows = []
+    search = SearchCore._search
+
+    def spy(self, inputs, *args):
+        searched_rows.append(int(keras.ops.shape(inputs)[0]))
+        return search(self, inputs, *args)
+
+    monkeypatch.setattr(SearchCore, "_search", spy)
+    greedy = IdDecoder(model, max_length=LENGTH - 1)
+    batch, batch_scores = greedy(prompts)
+    for row in range(3):
+        ids, scores = greedy(prompts[row:row + 1])
+        assert ids.shape == (1, LENGTH - 1) and scores.shape == (1,)
+        np.testing.assert_array_equal(ids, batch[row:row + 1])
+        np.testing.assert_allclose(scores, batch_scores[row:row + 1], rtol=1e-5, atol=1e-5)
+    assert searched_rows == [3, 2]  # traced once per batch shape
+    sampled, _ = IdDecoder(model, LENGTH - 1, DecodingConfig("sample", seed=1))(prompts[:1])
+    assert sampled.shape == (1, LENGTH - 1) and searched_rows[-1] == 2
+    beams, _ = IdDecoder(model, LENGTH - 1, DecodingConfig("beam", beam_size=2))(prompts[:1])
+    assert beams.shape == (1, LENGTH - 1) and searched_rows[-1] == 1
+
+
+@tensorflow_only
+def test_one_row_is_searched_as_two_when_the_batch_size_is_dynamic():
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    model = build_causal_lm(_config(num_decoder_layers=1))
+    prompts = np.random.default_rng(3).integers(4, 40, size=(2, 3)).astype("int32")
+    core = SearchCore(model, LENGTH - 1)
+    signature = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
+    compiled = tf.function(core.search, input_signature=signature, jit_compile=True)
+    for rows in (1, 2):
+        lengths = np.full([rows], 3, "int32")
+        ids, scores = compiled(prompts[:rows], lengths)
+        expected, _ = core.search(prompts[:rows], lengths)
+        assert ids.shape == (rows, LENGTH - 1) and scores.shape == (rows,)
+        np.testing.assert_array_equal(ids, expected)
 
 
 def test_import_under_jax_does_not_import_tensorflow():

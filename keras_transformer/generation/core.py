@@ -11,6 +11,15 @@ is only what comes in and goes out (ids or strings, compiled how).
     core = SearchCore(model, max_length=40, decoding=DecodingConfig("beam"))
     ids, scores = core.search(source_ids)                    # encoder–decoder
     ids, scores = core.search(prompt_ids, prompt_lengths)    # decoder-only
+
+A batch of one row is searched as two (the row and a copy; the copy's
+output is dropped) when the search keeps one hypothesis per row (greedy,
+sampling, a beam of 1): XLA on CPU compiles a one-row matrix product into a
+matrix–vector loop that runs on one core, and a two-row product into a
+matrix–matrix product on all of them. On 2 CPU cores a 124M-parameter
+GPT-2 decodes one row 1.6× faster this way (benchmarks/pretrained_decoding.py).
+A row's output does not depend on the rows beside it, so the result is the
+same.
 """
 
 from keras import ops
@@ -77,6 +86,27 @@ class SearchCore:
             prompt_lengths: decoder-only: `(B,)` int prompt lengths (≥ 1).
             seed: scalar sampling seed, or None for the config's.
         """
+        if not self._one_hypothesis_per_row:
+            return self._search(inputs, prompt_lengths, seed)
+        rows = ops.shape(inputs)[0]
+        if isinstance(rows, int):  # a static batch size (JAX, a traced TF shape)
+            if rows != 1:
+                return self._search(inputs, prompt_lengths, seed)
+            index = ops.zeros([2], "int32")
+        else:  # TensorFlow with a dynamic batch size: pad when it is 1
+            index = ops.minimum(ops.arange(ops.maximum(rows, 2), dtype="int32"), rows - 1)
+        if prompt_lengths is not None:
+            prompt_lengths = ops.take(prompt_lengths, index, axis=0)
+        ids, scores = self._search(ops.take(inputs, index, axis=0), prompt_lengths, seed)
+        return ids[:rows], scores[:rows]
+
+    @property
+    def _one_hypothesis_per_row(self):
+        """Whether the search steps one row per input (no beams), the case
+        `search` runs with at least two rows."""
+        return self.decoding.strategy != "beam" or self.decoding.beam_size == 1
+
+    def _search(self, inputs, prompt_lengths, seed):
         stepper = self.stepper
         if stepper.is_encoder_decoder:
             state = stepper.initial_state(inputs, self.max_length)
