@@ -65,8 +65,18 @@ def test_a_backbone_it_cannot_import_is_named():
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=20, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
         max_sequence_length=8)
-    with pytest.raises(ValueError, match="BertBackbone.*GPT2Backbone"):
+    with pytest.raises(ValueError, match="BertBackbone: .*nothing to decode.*GPT2Backbone"):
         from_keras_hub(backbone)
+    t5 = keras_hub.models.T5Backbone(vocabulary_size=20, num_layers=1, num_heads=2,
+                                     hidden_dim=8, intermediate_dim=16, key_value_dim=4)
+    with pytest.raises(ValueError, match="T5Backbone: .*relative position bias"):
+        from_keras_hub(t5)
+    gemma2 = keras_hub.models.GemmaBackbone(
+        vocabulary_size=20, num_layers=1, num_query_heads=2, num_key_value_heads=1,
+        hidden_dim=8, intermediate_dim=16, head_dim=4, attention_logit_soft_cap=50.0,
+        final_logit_soft_cap=30.0)
+    with pytest.raises(ValueError, match="GemmaBackbone: .*soft-capping"):
+        from_keras_hub(gemma2)
     with pytest.raises(TypeError, match="Received: int"):
         from_keras_hub(3)
 

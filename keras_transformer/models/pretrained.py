@@ -23,7 +23,8 @@ Covered:
   output tied to the decoder's token table; padding masked by `<pad>`
   (`PositionalEmbedding(padding_id=...)`). BART ties the encoder's token
   table to the decoder's; here the encoder's starts as a copy.
-Any other backbone is a `ValueError` naming it.
+Any other backbone is a `ValueError` naming it and what the package lacks
+for it (T5's relative position bias, Gemma's soft-capping, ...).
 
 Special ids. Token id 0 is a real token in these vocabularies (GPT-2's `!`),
 so the embedding is built with `mask_zero=False`: the model computes no
@@ -85,9 +86,10 @@ def from_keras_hub(backbone_or_preset, tokenizer=None, max_length=None):
     family = type(backbone).__name__
     convert = _CONVERTERS.get(family)
     if convert is None:
+        missing = _MISSING.get(family, "a converter for it")
         raise ValueError(
-            f"keras_transformer cannot import a {family} yet; it imports "
-            f"{sorted(_CONVERTERS)}.")
+            f"keras_transformer cannot import a {family}: the package lacks {missing}. "
+            f"It imports {sorted(_CONVERTERS)}.")
     tokenizer = tokenizer or preset_tokenizer(backbone_or_preset)
     special = special_ids_of(tokenizer) if tokenizer is not None else None
     if family in _FAMILY_SPECIAL_IDS:
@@ -356,3 +358,28 @@ _CONVERTERS = {"GPT2Backbone": _gpt2, "LlamaBackbone": _llama_family,
                "Llama3Backbone": _llama_family, "MistralBackbone": _llama_family,
                "QwenBackbone": _llama_family, "BartBackbone": _bart}
 _FAMILY_SPECIAL_IDS = {"GPT2Backbone": _gpt2_special_ids, "BartBackbone": _bart_special_ids}
+
+# What the layers lack for the backbones that people ask for next.
+_MISSING = {
+    "T5Backbone": "T5's relative position bias (learned, bucketed, added to the "
+                  "attention logits) and its unscaled attention",
+    "GemmaBackbone": "Gemma's RMSNorm with (1 + scale) weights and its embedding scaled "
+                     "by sqrt(hidden_dim) in the input's dtype; Gemma 2 also its attention "
+                     "and final logit soft-capping and its post-attention and post-FFN norms",
+    "Gemma3Backbone": "Gemma's RMSNorm with (1 + scale) weights, query/key norms, "
+                      "alternating local and global attention with two rotary wavelengths, "
+                      "and its post-attention and post-FFN norms",
+    "MixtralBackbone": "a converter of Mixtral's experts into `MoE` (its top-2 router "
+                       "renormalizes the chosen gates, as `MoE` does not)",
+    "QwenMoeBackbone": "a converter of Qwen-MoE's experts into `MoE`, and its shared "
+                       "expert with a gate of its own",
+    "FalconBackbone": "Falcon's parallel attention and feed-forward (one norm, one residual)",
+    "GPTNeoXBackbone": "GPT-NeoX's parallel residual and rotary embedding on part of each "
+                       "head",
+    "Phi3Backbone": "Phi-3's fused query/key/value and gate/up kernels and its "
+                    "'su'/'longrope' rotary scaling",
+    "BloomBackbone": "BLOOM's ALiBi position bias",
+    "OPTBackbone": "a converter (OPT's learned positions start at offset 2)",
+    "BertBackbone": "a decoder: BERT is an encoder alone, with nothing to decode",
+    "WhisperBackbone": "an audio front end (log-mel features and convolutions)",
+}
