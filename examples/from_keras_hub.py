@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -155,13 +154,11 @@ def main(argv=None):
 
 def serve_and_ask(base_dir, prompts):
     """One request to the package's HTTP server over the newest version in `base_dir`."""
-    from http.server import ThreadingHTTPServer
-
-    from keras_transformer.export.server import ModelServer, make_handler
+    from keras_transformer.export.http_app import HTTPServer
+    from keras_transformer.export.server import ModelServer
 
     model = ModelServer(base_dir)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(model))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = HTTPServer(model, "127.0.0.1", 0).start()  # Starlette on uvicorn, in a thread
     try:
         url = (f"http://127.0.0.1:{httpd.server_address[1]}/v1/models/"
                f"{os.path.basename(os.path.normpath(base_dir))}:predict")

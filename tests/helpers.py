@@ -104,14 +104,11 @@ FRESH = """
 
 def serve_once(base, body):
     """One real HTTP request to a server over the newest version in `base`."""
-    import threading
-    from http.server import ThreadingHTTPServer
+    from keras_transformer.export.http_app import HTTPServer
+    from keras_transformer.export.server import ModelServer
 
-    from keras_transformer.export.server import ModelServer, make_handler
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(ModelServer(base)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    model = ModelServer(base)
+    httpd = HTTPServer(model, "127.0.0.1", 0).start()
     try:
         name = os.path.basename(base)
         return request(f"http://127.0.0.1:{httpd.server_address[1]}/v1/models/{name}:predict",
@@ -119,6 +116,7 @@ def serve_once(base, body):
     finally:
         httpd.shutdown()
         httpd.server_close()
+        model.close()
 
 
 def check_export_and_serve(module, texts, input_name, output_key, tmp_path):

@@ -11,7 +11,7 @@ import textwrap
 
 # What the extras bring; the core install has none of them.
 EXTRAS = ["keras_hub", "keras_nlp", "tensorflow_text", "tensorflow_datasets", "sacrebleu",
-          "matplotlib", "tokenizers"]
+          "matplotlib", "tokenizers", "starlette", "uvicorn", "httptools", "uvloop"]
 
 SCRIPT = textwrap.dedent("""
     import importlib.abc, json, sys
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent("""
     imported, errors = {{}}, {{}}
     for module in ("keras_transformer.data.tokenizers", "keras_transformer.data.datasets",
                    "keras_transformer.evaluation.quality", "keras_transformer.evaluation.plots",
-                   "keras_transformer.export.server"):
+                   "keras_transformer.export.server", "keras_transformer.export.http_app"):
         try:
             __import__(module)
             imported[module] = None
@@ -49,12 +49,13 @@ SCRIPT = textwrap.dedent("""
             imported[module] = str(error)
     from keras_transformer.data import tokenizers
     from keras_transformer.evaluation import plots, quality
-    from keras_transformer.export import server
+    from keras_transformer.export import http_app, server
     first_use = {{
         "keras_transformer.data.tokenizers": lambda: tokenizers.train_wordpiece(["a b"], 10),
         "keras_transformer.evaluation.quality": lambda: quality.score(["a"], ["a"]),
         "keras_transformer.evaluation.plots": lambda: plots.plot_history({{}}, "x.png"),
         "keras_transformer.export.server": lambda: server.load_saved_model("nowhere"),
+        "keras_transformer.export.http_app": lambda: http_app.make_app(None),
     }}
     for module, call in first_use.items():
         try:
@@ -84,6 +85,7 @@ def test_the_core_works_without_the_extras_and_names_the_missing_one():
     for module, extra in (("keras_transformer.data.tokenizers", "data"),
                           ("keras_transformer.evaluation.quality", "eval"),
                           ("keras_transformer.evaluation.plots", "plots"),
-                          ("keras_transformer.export.server", "serving")):
+                          ("keras_transformer.export.server", "serving"),
+                          ("keras_transformer.export.http_app", "serving")):
         message = outcome["errors"][module]
         assert message and f"keras-transformer-layers[{extra}]" in message, (module, message)

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer.export import export_saved_model
-from keras_transformer.export.server import ModelHTTPServer, ModelServer, make_handler
+from keras_transformer.export.http_app import HTTPServer
+from keras_transformer.export.server import ModelServer
 from tests.helpers import request
 
 
@@ -20,11 +21,9 @@ def exported_base(translator, tmp_path_factory):
     return str(base)
 
 
-def start(model, **handler_options):
-    """A `ModelHTTPServer` for `model` on a free port of 127.0.0.1, serving in a thread."""
-    httpd = ModelHTTPServer(("127.0.0.1", 0), make_handler(model, **handler_options))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
+def start(model, **options):
+    """An `HTTPServer` for `model` on a free port of 127.0.0.1, serving in a thread."""
+    return HTTPServer(model, "127.0.0.1", 0, **options).start()
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +126,7 @@ def raw_request(url, method, path, headers=None, body=b""):
         if body:
             connection.send(body)
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), json.loads(response.read())
+        return response.status, response.headers, json.loads(response.read())  # headers: any case
     finally:
         connection.close()
 
@@ -257,3 +256,103 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(export
         assert "Stopped serving" in process.stdout.read()
     finally:
         process.kill()
+
+
+def held_connections(url, count):
+    """`count` keep-alive connections, each with one answered request, left open."""
+    import http.client
+    import urllib.parse
+
+    address = urllib.parse.urlparse(url)
+    connections = []
+    for _ in range(count):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+        connection.request("GET", "/v1/models/translator")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+        connections.append(connection)
+    return connections
+
+
+def test_the_connection_bound_answers_503_with_retry_after_then_recovers(model_server):
+    import time
+
+    httpd = start(model_server, max_connections=2)
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    held = held_connections(url, 2)
+    try:
+        status, headers, answer = raw_request(url, "GET", "/v1/models/translator")
+        assert status == 503 and headers.get("Retry-After") == "1"
+        assert headers.get("Connection") == "close" and "2 open connections" in answer["error"]
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while len(httpd.connection_sockets()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the server has seen the connection close
+        status, _, _ = raw_request(url, "GET", "/v1/models/translator")
+        assert status == 200
+    finally:
+        for connection in held:
+            connection.close()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_connections_have_tcp_nodelay(model_server):
+    # Without TCP_NODELAY, Nagle's algorithm can hold an answer's last segment
+    # until the client's delayed ACK (~40 ms a request on Linux).
+    import socket
+
+    httpd = start(model_server)
+    held = held_connections(f"http://127.0.0.1:{httpd.server_address[1]}", 2)
+    try:
+        sockets = httpd.connection_sockets()
+        assert len(sockets) == 2
+        assert all(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for sock in sockets)
+    finally:
+        for connection in held:
+            connection.close()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_chunked_body_is_read_within_the_body_limit(server):
+    import http.client
+    import urllib.parse
+
+    url, _ = server
+    address = urllib.parse.urlparse(url)
+
+    def chunked(body):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+        try:
+            connection.request("POST", "/v1/models/translator:predict",
+                               body=iter([body[:5], body[5:]]),
+                               headers={"Transfer-Encoding": "chunked"}, encode_chunked=True)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    status, answer = chunked(json.dumps({"instances": ["one book"]}).encode())
+    assert status == 200 and len(answer["predictions"]) == 1
+    status, answer = chunked(b" " * (1024 * 1024 + 10))
+    assert status == 413 and "limit is 1048576 bytes" in answer["error"]
+
+
+@pytest.mark.parametrize("method, path, code", [
+    ("GET", "/v1/models/translator/versions/1", 200),
+    ("GET", "/v1/models/translator:predict", 405),
+    ("POST", "/v1/models/translator", 405),
+    ("GET", "/v2/health", 404),
+    ("GET", "/v1/models/translator/versions/x", 404),
+])
+def test_the_route_table(server, method, path, code):
+    url, _ = server
+    status, headers, answer = raw_request(url, method, path, {"Content-Length": "0"}
+                                          if method == "POST" else None)
+    assert status == code, answer
+    if code == 404:
+        assert "No such endpoint" in answer["error"] and path in answer["error"]
+    if code == 405:
+        assert headers.get("Allow") in answer["error"] and path in answer["error"]

@@ -29,14 +29,19 @@ class QueueFull(Exception):
 
 
 class _Task:
-    def __init__(self, key, values):
+    def __init__(self, key, values, callback=None):
         self.key, self.values = key, values
-        self.done = threading.Event()
+        # A waiting caller blocks on `done`; an asynchronous one gets `callback`.
+        self.done = threading.Event() if callback is None else None
         self.result = self.error = None
+        self.callback = callback
 
     def finish(self, result=None, error=None):
         self.result, self.error = result, error
-        self.done.set()
+        if self.callback is None:
+            self.done.set()
+        else:
+            self.callback(result, error)
 
 
 def default_batch_sizes(max_batch_size):
@@ -111,7 +116,21 @@ class Batcher:
             QueueFull: the queue is full (nothing was queued).
             Exception: whatever the model call raised for this request.
         """
-        task = _Task(key, values)
+        task = self.submit_nowait(key, values)
+        task.done.wait()
+        if task.error is not None:
+            raise task.error
+        return task.result
+
+    def submit_nowait(self, key, values, callback=None):
+        """Queues one request and returns at once; `callback(result, error)`
+        is called from a worker thread when its rows come back (an
+        asynchronous server resolves a future with it).
+
+        Raises:
+            QueueFull: the queue is full (nothing was queued).
+        """
+        task = _Task(key, values, callback)
         with self._condition:
             if self._stopped:
                 raise QueueFull("The server is shutting down.")
@@ -121,10 +140,7 @@ class Batcher:
             self._queue.append(task)
             self._queued_instances += len(values)
             self._condition.notify_all()
-        task.done.wait()
-        if task.error is not None:
-            raise task.error
-        return task.result
+        return task
 
     def stop(self):
         """Finishes what is queued, then ends the workers."""

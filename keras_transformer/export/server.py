@@ -43,29 +43,22 @@ import tensorflow as tf
 
 from keras_transformer._optional import require
 from keras_transformer.export.batching import Batcher, QueueFull
+from keras_transformer.export.http_app import HTTPServer, RequestError
+from keras_transformer.export.saved_model import versions
 
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
 _STATUS = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?$")
 
 
-class RequestError(Exception):
-    """A client error (or 503): HTTP `status` with a message for the client."""
-
-    def __init__(self, status, message, headers=None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
-
-
 def latest_version(base_dir):
-    names = [n for n in os.listdir(base_dir) if n.isdigit()
-             and os.path.isdir(os.path.join(base_dir, n))] if os.path.isdir(base_dir) else []
-    if not names:
+    """The newest version of `base_dir` (`saved_model.versions`), as a string."""
+    numbers = versions(base_dir)
+    if not numbers:
         raise FileNotFoundError(
             f"No SavedModel version in {base_dir!r}: expected numbered directories "
             "(saved_models/<name>/<version>/) as export_saved_model writes them."
         )
-    return max(names, key=int)
+    return str(numbers[-1])
 
 
 def load_saved_model(path):
@@ -193,6 +186,24 @@ class ModelServer:
                                                      "error_message": ""}}]}
 
     def predict(self, name, version, body):
+        """The answer to a predict request: `body` (JSON bytes) → a JSON-ready dict.
+
+        Raises:
+            RequestError: a bad request (4xx) or a full queue (503).
+        """
+        return self.respond(self.parse(name, version, body))
+
+    def respond(self, request):
+        """The answer to a parsed request, waiting for the model (see `predict`)."""
+        try:
+            outputs = self.run(request)
+        except tf.errors.InvalidArgumentError as error:
+            return self.answer(request, None, error)
+        return self.answer(request, outputs)
+
+    def parse(self, name, version, body):
+        """A predict request, checked: a `PredictRequest` (what `submit` and
+        `answer` take), or a `RequestError` for the client."""
         self._check_model(name, version)
         try:
             request = json.loads(body.decode("utf-8"))
@@ -225,13 +236,41 @@ class ModelServer:
             raise RequestError(413, f"{len(values)} instances in one request; the limit is "
                                     f"{self.max_batch}. Split the request.")
         values = self._check_values(input_name, values, spec.dtype)
+        return PredictRequest((signature_name, input_name), values, row_format)
+
+    def submit(self, request, callback):
+        """Queues a parsed request on the batching queue without waiting:
+        `callback(outputs, error)` runs in a batching thread when it is done.
+        Returns False (nothing queued) when the server does not batch, or the
+        request is empty: run it with `predict`'s `_run` instead.
+
+        Raises:
+            RequestError: 503 with `Retry-After` when the queue is full.
+        """
+        if self.batcher is None or len(request.values) == 0:
+            return False
+        shape = () if isinstance(request.values, list) else request.values.shape[1:]
         try:
-            outputs = self._run(signature_name, input_name, values)
-        except tf.errors.InvalidArgumentError as error:  # e.g. ids over the vocabulary
+            self.batcher.submit_nowait((*request.key, shape), request.values, callback)
+        except QueueFull as error:
+            raise RequestError(503, f"The server is busy: {error} Retry shortly.",
+                               {"Retry-After": "1"}) from None
+        return True
+
+    def run(self, request):
+        """A parsed request through the model (batched, or alone), waiting."""
+        return self._run(*request.key, request.values)
+
+    def answer(self, request, outputs, error=None):
+        """The JSON-ready answer to `request` from the model's `outputs`, or
+        the `RequestError` that `error` (the model call's) means."""
+        if isinstance(error, tf.errors.InvalidArgumentError):  # e.g. ids over the vocabulary
             lines = [line for line in error.message.splitlines() if "must be" in line]
             raise RequestError(400, (lines or [error.message])[0].strip()[:300]) from None
+        if error is not None:
+            raise error
         outputs = {key: _to_json(value) for key, value in outputs.items()}
-        if not row_format:
+        if not request.row_format:
             return {"outputs": outputs}
         keys = sorted(outputs)
         return {"predictions": [dict(zip(keys, row))
@@ -258,6 +297,16 @@ class ModelServer:
         return array.astype(np.int32)
 
 
+class PredictRequest:
+    """A checked predict request: `key` (signature name, input name), the
+    `values` the model takes, and whether it came in the row format."""
+
+    __slots__ = ("key", "values", "row_format")
+
+    def __init__(self, key, values, row_format):
+        self.key, self.values, self.row_format = key, values, row_format
+
+
 def _to_json(array):
     if array.dtype.kind in "SO":
         return [value.decode("utf-8", "replace") for value in array.tolist()]
@@ -265,11 +314,17 @@ def _to_json(array):
 
 
 def make_handler(server_model, max_body_bytes=8 * 1024 * 1024, idle_timeout=30):
-    """The request handler class for `server_model` (a `ModelServer`).
+    """Deprecated: the `http.server` request handler class for `server_model`
+    (a `ModelServer`), for `ModelHTTPServer`. `serve` runs
+    `keras_transformer.export.http_app.HTTPServer` (Starlette on uvicorn).
 
     `max_body_bytes` bounds a request body (413 above); an idle keep-alive
     connection is closed after `idle_timeout` seconds.
     """
+    from keras_transformer import _deprecation
+
+    _deprecation.warn("keras_transformer.export.server.make_handler",
+                      "keras_transformer.export.http_app.HTTPServer")
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -353,7 +408,8 @@ def make_handler(server_model, max_body_bytes=8 * 1024 * 1024, idle_timeout=30):
 
 
 class ModelHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server with a listen backlog that fits and a bound on
+    """Deprecated with `make_handler` (use `http_app.HTTPServer`): a threading
+    HTTP server with a listen backlog that fits and a bound on
     open connections.
 
     Up to `max_connections` connections are served at once (a thread each,
@@ -436,38 +492,49 @@ def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
           intra_op_threads=None, inter_op_threads=None):
     """Serves `base_dir` until SIGTERM or Ctrl-C, then stops gracefully.
 
-    `ready(server)` is called once listening. On SIGTERM/SIGINT the server
-    stops accepting connections, answers the requests in flight and what is
-    queued, and returns 0. `num_batch_threads` batches run at once;
-    `intra_op_threads` / `inter_op_threads` set TensorFlow's thread pools
-    (see `set_thread_layout`): one intra-op thread per batch thread is the
-    fastest layout for small models.
+    The HTTP side is `keras_transformer.export.http_app.HTTPServer`
+    (Starlette on uvicorn). `ready(server)` is called once it listens (in a
+    thread of its own, so that the server keeps serving meanwhile). On
+    SIGTERM/SIGINT the server stops accepting connections, answers the
+    requests in flight and what is queued, and returns 0.
+    `num_batch_threads` batches run at once; `intra_op_threads` /
+    `inter_op_threads` set TensorFlow's thread pools (see
+    `set_thread_layout`): one intra-op thread per batch thread is the fastest
+    layout for small models.
     """
     set_thread_layout(intra_op_threads, inter_op_threads)
     model = ModelServer(base_dir, batching=batching, max_batch_size=max_batch_size,
                         batch_timeout_micros=batch_timeout_micros,
                         max_queued_instances=max_queued_instances,
                         num_batch_threads=num_batch_threads, intra_op_threads=intra_op_threads)
-    httpd = ModelHTTPServer((host, port), make_handler(model, max_body_bytes),
-                            max_connections=max_connections)
+    httpd = HTTPServer(model, host, port, max_connections=max_connections,
+                       max_body_bytes=max_body_bytes)
     batching_text = (f"batching up to {max_batch_size} instances, {batch_timeout_micros} µs, "
                      f"{num_batch_threads} batch thread(s)" if batching else "no batching")
     print(f"Serving {model.name!r} version {model.version} on "
           f"http://{host}:{httpd.server_address[1]}/v1/models/{model.name}:predict "
           f"({batching_text})", flush=True)
-    stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
+        # uvicorn handles SIGTERM/SIGINT while it runs and raises them again
+        # once it has stopped: these handlers make that a clean exit.
         for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, lambda *_: stop.set())
-    thread = threading.Thread(target=httpd.serve_forever, name="http", daemon=True)
-    thread.start()
+            signal.signal(number, lambda *_: None)
     if ready:
-        ready(httpd)
-    stop.wait()
-    httpd.shutdown()
-    finished = httpd.drain()
+        threading.Thread(target=_when_listening, args=(httpd, ready), daemon=True).start()
+    httpd.serve_forever()
+    httpd.server_close()
+    finished = not httpd.server.force_exit
     model.close()
     print(f"Stopped serving {model.name!r}"
-          + ("." if finished else " (requests still running after 60 s were dropped)."),
+          + ("." if finished else " (requests still running were dropped)."),
           flush=True)
     return 0
+
+
+def _when_listening(httpd, ready):
+    import time
+
+    while not httpd.server.started and not httpd.server.should_exit:
+        time.sleep(0.01)
+    if httpd.server.started:
+        ready(httpd)
