@@ -4,9 +4,11 @@ A decoder-only Transformer (`build_causal_lm`) trained on tiny-shakespeare to
 predict the next character, under a wall-clock budget. nanoGPT's CPU recipe
 for the same data (4 layers, 4 heads, 128 dims, context 64, batch 12, 2,000
 iterations, lr 1e-3, no dropout) reaches a validation loss of 1.87 nats per
-character in about 95 s on a 2-core machine; this script's defaults train
-for the same 95 s and are scored the same way, on the held-out last 10 % of
-the text it trains from.
+character in about 95 s on a 2-core machine, scored on the last 10 % of
+the corpus. This script's defaults train for the same 95 s and are scored on
+the last 10 % of the text they train from: tiny-shakespeare's train split,
+the first 90 % of the corpus, so its held-out tail is 81–90 % of the corpus,
+a different slice from nanoGPT's. The two figures are not like for like.
 
 What differs from that recipe, and why it helps under a fixed clock:
 - 2 layers instead of 4 (same width, heads and context): under a 95-second
@@ -183,6 +185,8 @@ def run(args):
     history, seconds = train_against_the_clock(model, train, args.minutes, args.epochs,
                                                args.learning_rate)
     scores = score(model, val, seconds, args.batch_size, config.max_length)
+    if not args.smoke:  # tiny-shakespeare's train split (`--data` is a copy of it)
+        print(NANOGPT_NOTE)
     model.save(os.path.join(args.output_dir, "model.keras"))
     tk.save_tokenizer(tokenizer, os.path.join(args.output_dir, "tokenizer"))
     plots.plot_history(history.history, os.path.join(args.output_dir, "curves.png"),
@@ -286,9 +290,17 @@ def score(model, val, seconds, batch_size, context, unit="char"):
     print(f"\nTrained for {seconds:.0f} s ({model.optimizer.iterations.numpy():,} steps of "
           f"{batch_size}×{context} {unit}s)")
     print(f"Validation loss {scores['loss']:.3f} nats/{unit} "
-          f"(perplexity {scores['perplexity']:.2f}) on the last 10 % of the text"
-          + ("; nanoGPT's CPU recipe: 1.87 in ~95 s" if unit == "char" else ""))
+          f"(perplexity {scores['perplexity']:.2f}) on the last 10 % of the text")
     return scores
+
+
+# nanoGPT's 1.87 is scored on the last 10 % of the whole corpus, which the
+# TFDS train split (its first 90 %) never holds: the recipe's held-out tail
+# is 81–90 % of the corpus, so the two figures are not like for like.
+NANOGPT_NOTE = ("nanoGPT's CPU recipe reports 1.87 nats/char after ~95 s, scored on the "
+                "corpus's last 10 %; the figure above is on 81–90 % of tiny-shakespeare "
+                "(the last tenth of its train split), a different slice: not a like-for-like "
+                "comparison.")
 
 
 # ## Sampling, through the exported SavedModel
