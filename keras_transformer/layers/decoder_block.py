@@ -78,7 +78,8 @@ class DecoderBlock(TransformerBlockBase):
         use_causal_mask: bool, True (default) for causal self-attention.
         self_attention_cache: `(B, 2, L, N, H)` or None.
         self_attention_cache_index: int or scalar int tensor, the position of
-            the first token of `decoder_sequence` in the cache.
+            the first token of `decoder_sequence` in the cache; or a `(B,)`
+            int tensor, one position per row.
         cross_attention_cache: `(B, 2, S, N, H)` or None, from
             `compute_cross_attention_cache`.
         return_attention_scores: bool, whether to also return a dict of

@@ -20,6 +20,8 @@ here once and are tested here with exact values.
 import keras
 from keras import ops
 
+from keras_transformer.layers.positions import position_ids
+
 
 def first_mask(*masks):
     """Returns the first mask that is not None (explicit masks come first).
@@ -79,24 +81,22 @@ def causal_mask(query_length, key_length, offset=0, sliding_window=None):
         key_length: S, the number of key positions.
         offset: int or scalar tensor, the position of the first query. When a
             single decoding step `t` attends to a cache of length S, pass
-            `offset=t`.
+            `offset=t`. Or a `(B,)` int tensor, one offset per row.
         sliding_window: int or None. When set, a query also sees only the
             `sliding_window` most recent keys, itself included (Mistral's
             sliding-window attention): `offset + t - s < sliding_window`.
 
     Returns:
-        `(1, T, S)` bool tensor, True where key position `s <= offset + t`
-        (and within the window).
+        `(1, T, S)` bool tensor (`(B, T, S)` for per-row offsets), True where
+        key position `s <= offset + t` (and within the window).
     """
-    query_positions = ops.arange(query_length, dtype="int32") + ops.cast(
-        offset, "int32"
-    )
+    query_positions = position_ids(offset, query_length)  # [1 or B, T]
     key_positions = ops.arange(key_length, dtype="int32")
-    distance = ops.expand_dims(query_positions, 1) - ops.expand_dims(key_positions, 0)
+    distance = query_positions[:, :, None] - key_positions[None, None, :]
     mask = ops.greater_equal(distance, 0)
     if sliding_window is not None:
         mask = ops.logical_and(mask, ops.less(distance, int(sliding_window)))
-    return ops.expand_dims(mask, 0)
+    return mask
 
 
 def merge_attention_masks(
@@ -123,7 +123,8 @@ def merge_attention_masks(
         value_mask: `(B, S)` padding mask of the keys/values, or None.
         attention_mask: `(B, T, S)` mask, or None.
         use_causal_mask: bool, whether to add the causal mask.
-        causal_offset: int or scalar tensor, position of the first query.
+        causal_offset: int or scalar tensor, position of the first query, or
+            a `(B,)` int tensor, one per row.
         sliding_window: int or None, with the causal mask: each query sees
             its `sliding_window` most recent keys only (`causal_mask`).
 

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import masks as masks_lib
+from keras_transformer.layers import positions as positions_lib
 from keras_transformer.layers import quantization as quantization_lib
 from keras_transformer.layers.rotary import apply_rotary, check_scaling
 from keras_transformer.layers.validation import (
@@ -105,7 +106,10 @@ class MultiHeadAttention(keras.layers.Layer):
               B / B_c consecutive query rows (a sentence's beams) attends to
               one cache row, which is read once for the group.
         cache_index: int or scalar int tensor, the position of the first query
-            in the cache.
+            in the cache; or a `(B,)` int tensor, row b's own position (a pool
+            of sequences at different positions, stepped together: the
+            causal mask and the rotary angles follow each row's position).
+            Positions past the cache length are not written.
         return_attention_scores: bool, whether to also return the attention
             probabilities `(B, N, T, S)`.
         training: bool, whether dropout is active.
@@ -305,8 +309,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 key_heads = apply_rotary(key_heads, position, self.rotary_max_wavelength,
                                          self.rotary_scaling)
             if cache is not None:
-                update = ops.stack([key_heads, value_heads], axis=1)
-                cache = ops.slice_update(cache, [0, 0, cache_index, 0, 0], update)
+                update = ops.stack([key_heads, value_heads], axis=1)  # [B, 2, T, K, H]
+                cache = _write_cache(cache, update, cache_index)
                 key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, K, H]
         if self._num_kv_heads != self.num_heads:  # grouped-query: share each K/V head
             groups = self.num_heads // self._num_kv_heads
@@ -474,6 +478,23 @@ class MultiHeadAttention(keras.layers.Layer):
     def _projections(self):
         return [getattr(self, name, None) for name in
                 ("_query_dense", "_key_dense", "_value_dense", "_output_dense")]
+
+
+def _write_cache(cache, update, cache_index):
+    """`cache` `(B, 2, S, K, H)` with `update` `(B, 2, T, K, H)` written at
+    positions `cache_index + t`: one slice for a shared index; a one-hot
+    scatter for a `(B,)` index (each row at its own position)."""
+    if not positions_lib.is_per_row(cache_index):
+        return ops.slice_update(cache, [0, 0, cache_index, 0, 0], update)
+    length = ops.shape(cache)[2]
+    positions = positions_lib.position_ids(cache_index, ops.shape(update)[2])  # [B, T]
+    if update.shape[2] == 1:  # one decoding step: a select, no product
+        written = ops.one_hot(positions[:, 0], length, dtype="bool")
+        return ops.where(written[:, None, :, None, None], update, cache)
+    one_hot = ops.one_hot(positions, length, dtype=cache.dtype)  # [B, T, S]
+    scattered = ops.einsum("bts,bctkh->bcskh", one_hot, update)
+    written = ops.any(ops.cast(one_hot, "bool"), axis=1)[:, None, :, None, None]  # [B,1,S,1,1]
+    return ops.where(written, scattered, cache)
 
 
 def _group_queries(query_heads, query_mask, attention_mask, sources, keys):

@@ -9,6 +9,7 @@ from keras import ops
 from keras_transformer._keras_compat import tracking_unlocked
 from keras_transformer.layers import quantization as quantization_lib
 from keras_transformer.layers.block_options import POSITIONS
+from keras_transformer.layers.positions import position_ids
 from keras_transformer.layers.validation import check_positive_int, check_token_ids
 
 # A model's schemes (`block_options.POSITIONS`): with "rotary" the blocks rotate
@@ -17,19 +18,20 @@ _POSITIONS = (*POSITIONS, "none")
 
 
 def sinusoidal_positions(positions, embed_dim):
-    """The paper's position encoding for integer `positions` `(T,)`.
+    """The paper's position encoding for integer `positions` of any shape.
 
     `PE[pos, 2i] = sin(pos / 10000^(2i/d))`, `PE[pos, 2i+1] = cos(pos / 10000^(2i/d))`
     with sines and cosines interleaved as in the paper (not concatenated in
-    halves). Returns a float32 `(T, embed_dim)` tensor.
+    halves). Returns a float32 tensor of shape `positions.shape + (embed_dim,)`
+    (`(T, embed_dim)` for positions `(T,)`).
     """
     positions = ops.cast(positions, "float32")
     dims = ops.arange(embed_dim, dtype="int32")
     pair = ops.cast(ops.floor_divide(dims, 2) * 2, "float32")  # 2i for dims 2i, 2i+1
     inverse_frequency = ops.exp(pair * (-math.log(10000.0) / embed_dim))  # [d]
-    angles = ops.expand_dims(positions, 1) * ops.expand_dims(inverse_frequency, 0)
+    angles = ops.expand_dims(positions, -1) * inverse_frequency
     is_even = ops.equal(ops.mod(dims, 2), 0)
-    return ops.where(is_even, ops.sin(angles), ops.cos(angles))  # [T, d]
+    return ops.where(is_even, ops.sin(angles), ops.cos(angles))  # [..., d]
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -84,7 +86,9 @@ class PositionalEmbedding(keras.layers.Layer):
         token_ids: `(B, T)` integer token ids (float, bool or string ids: a
             TypeError); with `reverse=True`, `(B, T, embed_dim)` hidden states.
         start_index: int or scalar int tensor, the position of the first token
-            (for step-by-step decoding: step t is called with `start_index=t`).
+            (for step-by-step decoding: step t is called with `start_index=t`),
+            or a `(B,)` int tensor, row b's first position (a pool of
+            sequences at different positions, stepped together).
         reverse: bool. If True, the layer is the output projection tied to the
             token embedding: it returns the float32 logits `hidden · Eᵀ`,
             `(B, T, vocab_size)`, multiplied in `reverse_compute_dtype`.
@@ -243,15 +247,12 @@ class PositionalEmbedding(keras.layers.Layer):
             embeddings = embeddings * ops.cast(math.sqrt(self.embed_dim), embeddings.dtype)
         if not self.adds_positions:
             return embeddings
-        positions = ops.arange(ops.shape(token_ids)[1], dtype="int32") + ops.cast(
-            start_index, "int32"
-        )
+        positions = position_ids(start_index, ops.shape(token_ids)[1])  # [1 or B, T]
         if self.positions == "learned":
             position_embeddings = ops.take(self.position_embeddings, positions, axis=0)
         else:
             position_embeddings = sinusoidal_positions(positions, self.embed_dim)
-        position_embeddings = ops.cast(position_embeddings, embeddings.dtype)
-        return embeddings + ops.expand_dims(position_embeddings, 0)
+        return embeddings + ops.cast(position_embeddings, embeddings.dtype)
 
     def _check_length(self, length, start_index=0):
         """Raises when a statically known length goes past `max_length`."""

@@ -17,6 +17,8 @@ import math
 
 from keras import ops
 
+from keras_transformer.layers.positions import position_ids
+
 SCALING_TYPES = {
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor",
@@ -81,7 +83,8 @@ def apply_rotary(heads, start_index=0, max_wavelength=10000, scaling=None):
     Args:
         heads: `(B, T, N, H)` projected queries or keys, `H` even.
         start_index: int or scalar int tensor, the position of the first row
-            (the cache index during cached decoding).
+            (the cache index during cached decoding), or a `(B,)` int tensor,
+            one first position per batch row (`positions.position_ids`).
         max_wavelength: float, the longest wavelength (10,000 in the paper).
         scaling: None, or a scaling dict (see the module docstring).
     """
@@ -90,13 +93,10 @@ def apply_rotary(heads, start_index=0, max_wavelength=10000, scaling=None):
         raise ValueError(
             f"Rotary embeddings need an even head size. Received: head_dim={head_dim}"
         )
-    positions = ops.cast(
-        ops.arange(ops.shape(heads)[1], dtype="int32") + ops.cast(start_index, "int32"),
-        "float32",
-    )
+    positions = ops.cast(position_ids(start_index, ops.shape(heads)[1]), "float32")
     frequencies = inverse_frequencies(head_dim, max_wavelength, scaling)
-    angles = ops.einsum("t,f->tf", positions, frequencies)  # [T, H/2]
-    angles = ops.concatenate([angles, angles], axis=-1)[None, :, None, :]  # [1, T, 1, H]
+    angles = positions[:, :, None] * frequencies[None, None, :]  # [1 or B, T, H/2]
+    angles = ops.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [1 or B, T, 1, H]
     x = ops.cast(heads, "float32")
     first, second = ops.split(x, 2, axis=-1)
     rotated_half = ops.concatenate([-second, first], axis=-1)

@@ -13,7 +13,10 @@ things, the way keras-hub's `CausalLM.call_with_cache` and Flax's WMT
   its rows), with room for `max_length` positions;
 - `call_with_cache(token_ids, cache, index)`: `(B, T)` int ids at positions
   `index … index + T - 1` → `(logits (B, T, V), cache)` with the new
-  positions' keys and values written into the cache.
+  positions' keys and values written into the cache. `index` is an int or
+  a scalar tensor; a model whose `decoding_traits()` sets `per_row_index`
+  also takes a `(B,)` int tensor, row b at positions `index[b] …` (what a
+  server's pool of sequences at different positions needs).
 
 Optional attributes: `max_length` (the most positions the model accepts),
 `source_vocab_size` (checked against the ids a served model receives) and
@@ -25,9 +28,8 @@ model beyond the three methods (which cache entries come from the source
 alone, so beam search never reorders them; which cache entries grow with the
 positions; which token ids start, end and pad its sequences). A model without
 it gets `DecodingTraits()`, whose every field keeps the searches' general
-behaviour; fields added later (a per-row position `index` `(B,)`) default
-the same way, so a model written against today's protocol keeps decoding
-unchanged.
+behaviour; fields added later (`per_row_index`) default the same way, so a
+model written against an older protocol keeps decoding unchanged.
 
 Every functional model assembled from the package's layers has these
 without writing them: `cached_decoder(model)` reads its structure
@@ -84,11 +86,16 @@ class DecodingTraits:
             padding and suppressed ids of the model's vocabulary, or None
             (the default): the generator's tokenizer says, else the
             package's `[PAD]`=0, `[START]`=2, `[END]`=3.
+        per_row_index: bool, whether `call_with_cache` takes a `(B,)` int
+            `index` (each row at its own position) as well as a scalar.
+            False (the default): scalars only, and a server batches such a
+            model's requests whole instead of step by step.
     """
 
     static_cache_keys: tuple = ()
     cache_length_axes: tuple = ()
     special_ids: object = None
+    per_row_index: bool = False
 
 
 def decoding_traits(decoder):
@@ -158,15 +165,18 @@ class StructuredDecoder:
 
     def decoding_traits(self):
         """The cross-attention keys/values and the source mask are the source's;
-        the self-attention caches grow with the positions decoded."""
+        the self-attention caches grow with the positions decoded; the layers
+        take a per-row `index`."""
         # Self-attention caches are (B, 2, L, K, H): positions on axis 2.
         growing = (("self", 2),)
         # A plain functional model may carry `special_ids` as an attribute.
         special = getattr(self.model, "special_ids", None)
         if self.is_encoder_decoder:
             return DecodingTraits(static_cache_keys=("cross", "source_mask"),
-                                  cache_length_axes=growing, special_ids=special)
-        return DecodingTraits(cache_length_axes=growing, special_ids=special)
+                                  cache_length_axes=growing, special_ids=special,
+                                  per_row_index=True)
+        return DecodingTraits(cache_length_axes=growing, special_ids=special,
+                              per_row_index=True)
 
     def encode(self, source_ids):
         """`(B, S)` ids → `{"memory": (B, S, D), "source_mask": (B, S) bool}`."""
