@@ -19,6 +19,30 @@ from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.steppers import model_variables
 
 
+def compile_for_backend(function, model, compile=True):
+    """`function` (tensors in, tensors out, reading `model`'s weights) compiled
+    by XLA: `tf.function(jit_compile=True)` under TensorFlow; under JAX a
+    `jax.jit` of the function with the weights passed in (stateless); as it is
+    under PyTorch or with `compile=False`."""
+    backend = keras.backend.backend()
+    if not compile or backend not in ("tensorflow", "jax"):
+        return function
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, jit_compile=True)
+    import jax
+
+    variables = model_variables(model)
+
+    def stateless(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return function(*args)
+
+    jitted = jax.jit(stateless)
+    return lambda *args: jitted([v.value for v in variables], *args)
+
+
 class IdDecoder(SearchFront):
     """Decodes ids with a model's key/value cache, compiled once per batch shape.
 
@@ -68,23 +92,7 @@ class IdDecoder(SearchFront):
         return self.core.search(inputs, prompt_lengths, seed)
 
     def _build(self):
-        backend = keras.backend.backend()
-        if not self.compile or backend not in ("tensorflow", "jax"):
-            return self._search
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            return tf.function(self._search, jit_compile=True)
-        import jax
-
-        variables = model_variables(self.model)
-
-        def stateless(values, inputs, prompt_lengths, seed):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return self._search(inputs, prompt_lengths, seed)
-
-        jitted = jax.jit(stateless)
-        return lambda *args: jitted([v.value for v in variables], *args)
+        return compile_for_backend(self._search, self.model, self.compile)
 
     def _pad_source(self, inputs):
         """Sources padded to the next multiple of the bucket (within the model's length)."""

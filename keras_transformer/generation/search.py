@@ -227,6 +227,59 @@ def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
     return logits
 
 
+def filter_logits_per_row(logits, temperature, top_k, top_p):
+    """`filter_logits` with one setting per row: `temperature` `(B,)` float
+    (> 0), `top_k` `(B,)` int (0 = no limit), `top_p` `(B,)` float in (0, 1]
+    (1 = no nucleus). Row b equals `filter_logits(logits[b:b+1], temperature[b],
+    top_k[b], top_p[b])`."""
+    logits = ops.cast(logits, "float32") / ops.cast(temperature, "float32")[:, None]
+    vocab_size = ops.shape(logits)[-1]
+    top_k = ops.cast(top_k, "int32")
+    top_p = ops.cast(top_p, "float32")
+    descending = ops.flip(ops.sort(logits, axis=-1), axis=-1)
+    k = ops.where(top_k > 0, ops.minimum(top_k, vocab_size), vocab_size)
+    kth = ops.take_along_axis(descending, (k - 1)[:, None], axis=1)  # [B, 1]
+    logits = ops.where(logits < kth, _NEG_INF, logits)
+    # The top-k logits, still in descending order, then the nucleus among them.
+    columns = ops.arange(vocab_size, dtype="int32")[None]
+    descending = ops.where(columns < k[:, None], descending, _NEG_INF)
+    probabilities = ops.softmax(descending)
+    cumulative = ops.cumsum(probabilities, axis=-1) - probabilities  # exclusive
+    inside = ops.where(cumulative < top_p[:, None], descending,
+                       ops.max(logits, -1, keepdims=True))
+    threshold = ops.min(inside, axis=-1, keepdims=True)
+    nucleus = (top_p < 1.0)[:, None]
+    return ops.where(nucleus & (logits < threshold), _NEG_INF, logits)
+
+
+def categorical_per_row(logits, seeds, steps):
+    """One draw per row, row b a function of `(seeds[b], steps[b])` alone:
+    `_stateless_categorical(logits[b:b+1], seeds[b], steps[b])`, which is
+    also row 0 of the same draw over a larger batch, so a row of a server's
+    pool draws what the search of that request alone draws."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def draw(args):
+            row, seed, step = args
+            return _stateless_categorical(row[None], seed, step)[0]
+
+        return tf.map_fn(draw, (logits, seeds, steps), fn_output_signature=tf.int64)
+    if backend == "jax":
+        import jax
+
+        def draw(row, seed, step):
+            key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
+            return jax.random.categorical(key, row[None], axis=-1)[0]
+
+        return jax.vmap(draw)(logits, seeds, steps)
+    rows = ops.convert_to_numpy(seeds).shape[0]
+    seeds, steps = ops.convert_to_numpy(seeds), ops.convert_to_numpy(steps)
+    return ops.stack([_stateless_categorical(logits[b:b + 1], int(seeds[b]), int(steps[b]))[0]
+                      for b in range(rows)])
+
+
 def _stateless_categorical(logits, seed, step):
     """One draw per row from `logits` `(B, V)`, a function of `(seed, step)` alone."""
     backend = keras.backend.backend()

@@ -1,0 +1,377 @@
+"""Continuous batching: requests admitted into a pool of slots between steps.
+
+`ContinuousBatcher` keeps up to `num_slots` sequences in flight over a
+`SlotDecoder` (or any object with its `initial_pool`/`prefill`/`step`), on a
+thread of its own:
+
+1. admit waiting requests into free slots (each prompt prefilled into its
+   slot);
+2. run one step for every slot;
+3. hand each request its new token, and retire the finished ones: the end
+   id, `max_new_tokens`, the slot's last position, a stop string, or a
+   cancelled request (a client that went away).
+
+A request never waits for another to finish, unlike whole-request batching,
+where a batch is done when its longest row is.
+
+    batcher = ContinuousBatcher(SlotDecoder(model, 256), num_slots=16,
+                                detokenize=lambda rows: [...])
+    handle = batcher.submit(GenerationRequest([5, 6, 9], max_new_tokens=64,
+                                              on_text=print))
+    result = handle.result()          # a GenerationResult
+
+Stop strings and text streaming need `detokenize`: a function from a list
+of id lists to a list of strings (the batcher calls it once per step for
+every slot that needs text). A request's text so far is the detokenized ids
+it generated; `on_text` receives what was added since the last call. A
+text that ends in U+FFFD (an incomplete UTF-8 sequence of a byte-level
+vocabulary) is held back until the next token completes it.
+"""
+
+import dataclasses
+import queue
+import threading
+import time
+
+import numpy as np
+
+from keras_transformer.generation.slots import SlotSettings
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """One prompt to continue.
+
+    Args:
+        prompt_ids: sequence of ints, the prompt (≥ 1 token, its first at
+            position 0).
+        max_new_tokens: int ≥ 1, the most tokens generated (also bounded by
+            the slots' `max_length`).
+        greedy: bool, the most probable token at each step (else sampling).
+        temperature, top_k, top_p, seed: sampling settings (`DecodingConfig`'s
+            meaning), this request's own.
+        stop: strings; generation ends where the text first contains one,
+            and the text is cut before it.
+        on_token: None, or `fn(token_id)` called on the batcher's thread for
+            each new token (not the end id).
+        on_text: None, or `fn(new_text)` with the text each token added.
+    """
+
+    prompt_ids: list
+    max_new_tokens: int = 64
+    greedy: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple = ()
+    on_token: object = None
+    on_text: object = None
+
+    def __post_init__(self):
+        self.prompt_ids = [int(token) for token in self.prompt_ids]
+        if not self.prompt_ids:
+            raise ValueError("A prompt needs at least one token (there is nothing to "
+                             "continue from). Received: an empty prompt.")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be >= 1. Received: {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0. Received: {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"`top_k` must be >= 0 (0 = no limit). Received: {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"`top_p` must be in (0, 1]. Received: {self.top_p}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        if not all(isinstance(text, str) and text for text in self.stop):
+            raise ValueError(f"`stop` must be non-empty strings. Received: {self.stop!r}")
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """What a request produced.
+
+    `token_ids`: the new tokens (not the prompt, not the end id);
+    `text`: their text (cut before a stop string), when the batcher can
+    detokenize, else None; `finish_reason`: `"end"` (the end id), `"length"`
+    (`max_new_tokens` or the slot's last position), `"stop"` (a stop
+    string) or `"cancelled"`; `log_prob`: the log-probability of the tokens
+    chosen (the end id included); `first_token_seconds`: from submission to
+    the first new token.
+    """
+
+    token_ids: list
+    text: object
+    finish_reason: str
+    log_prob: float
+    first_token_seconds: float
+
+
+class GenerationHandle:
+    """A submitted request: `result(timeout)` waits for it, `cancel()`
+    frees its slot at the next step."""
+
+    def __init__(self, request):
+        self.request = request
+        self.submitted = time.perf_counter()
+        self.first_token_at = None
+        self.token_ids = []
+        self.text = ""
+        self.sent_chars = 0
+        self.log_prob = 0.0
+        self.cancelled = threading.Event()
+        self._done = threading.Event()
+        self._result = None
+        self._error = None
+        self._callbacks = []
+
+    def cancel(self):
+        self.cancelled.set()
+
+    def done(self):
+        return self._done.is_set()
+
+    def add_done_callback(self, callback):
+        """`callback(handle)` once the result is in (at once if it is)."""
+        self._callbacks.append(callback)
+        if self._done.is_set():
+            callback(self)
+
+    def result(self, timeout=None):
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"The request did not finish within {timeout} s.")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _finish(self, result=None, error=None):
+        self._result, self._error = result, error
+        self._done.set()
+        for callback in list(self._callbacks):
+            callback(self)
+
+
+class ContinuousBatcher:
+    """Steps up to `num_slots` requests together, admitting new ones between steps.
+
+    Args:
+        decoder: a `SlotDecoder`.
+        num_slots: int ≥ 1, the sequences in flight (the step's batch size).
+        end_id: the id that ends a sequence (default: the decoder's
+            `special_ids.end`).
+        detokenize: None, or `fn(list of id lists) → list of str` (for stop
+            strings and `on_text`).
+        max_waiting: int, requests waiting for a slot before `submit`
+            raises `queue.Full`.
+        prompt_bucket: int, prompts are padded to a multiple of this many
+            tokens before prefill, so that XLA compiles one prefill per
+            bucket rather than per prompt length.
+    """
+
+    def __init__(self, decoder, num_slots, *, end_id=None, detokenize=None, max_waiting=4096,
+                 prompt_bucket=16):
+        if num_slots < 1:
+            raise ValueError(f"`num_slots` must be >= 1. Received: {num_slots}")
+        self.decoder = decoder
+        self.num_slots = int(num_slots)
+        self.max_length = decoder.max_length
+        special = getattr(decoder, "special_ids", None)
+        self.end_id = end_id if end_id is not None else special.end
+        self.pad_id = special.pad if special is not None else 0
+        self.detokenize = detokenize
+        self.prompt_bucket = int(prompt_bucket)
+        self._waiting = queue.Queue(maxsize=max_waiting)
+        self._slots = [None] * self.num_slots
+        self._tokens = np.zeros(self.num_slots, "int32")
+        self._positions = np.zeros(self.num_slots, "int32")
+        self._settings = SlotSettings.empty(self.num_slots)
+        self._wake = threading.Condition()
+        self._closed = False
+        self._pool = None
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="continuous-batcher",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, request):
+        """Queues `request` (a `GenerationRequest`); returns its `GenerationHandle`.
+
+        Raises:
+            ValueError: the prompt leaves no room in a slot (it must be
+                shorter than `max_length`), or the batcher cannot honour
+                `stop`/`on_text` (no `detokenize`).
+            queue.Full: `max_waiting` requests are already waiting.
+            RuntimeError: the batcher was closed.
+        """
+        if self._closed:
+            raise RuntimeError("The batcher is closed.")
+        if len(request.prompt_ids) >= self.max_length:
+            raise ValueError(
+                f"The prompt has {len(request.prompt_ids)} tokens; a slot holds "
+                f"{self.max_length} positions, so prompts must be shorter than that.")
+        if (request.stop or request.on_text) and self.detokenize is None:
+            raise ValueError("Stop strings and `on_text` need text: this batcher was made "
+                             "without `detokenize`.")
+        handle = GenerationHandle(request)
+        self._waiting.put_nowait(handle)
+        with self._wake:
+            self._wake.notify()
+        return handle
+
+    def close(self, timeout=10.0):
+        """Stops the thread; requests still waiting or in flight are cancelled."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    @property
+    def active(self):
+        """The number of slots in use."""
+        return sum(handle is not None for handle in self._slots)
+
+    # -- the thread -------------------------------------------------------
+
+    def _run(self):
+        try:
+            self._pool = self.decoder.initial_pool(self.num_slots)
+            while True:
+                with self._wake:
+                    while (not self._closed and self._waiting.empty()
+                           and not any(self._slots)):
+                        self._wake.wait()
+                    if self._closed:
+                        break
+                self._admit()
+                if any(self._slots):
+                    self._step()
+        except Exception as error:  # noqa: BLE001: handed to every request
+            self._fail_all(error)
+            raise
+        self._fail_all(None)
+
+    def _fail_all(self, error):
+        handles = [h for h in self._slots if h is not None]
+        while not self._waiting.empty():
+            handles.append(self._waiting.get_nowait())
+        self._slots = [None] * self.num_slots
+        for handle in handles:
+            if error is None:
+                self._retire_handle(handle, "cancelled")
+            else:
+                handle._finish(error=error)
+
+    def _admit(self):
+        for slot in range(self.num_slots):
+            if self._slots[slot] is not None:
+                continue
+            try:
+                handle = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            if handle.cancelled.is_set():
+                self._retire_handle(handle, "cancelled")
+                continue
+            request = handle.request
+            prompt = request.prompt_ids
+            width = min(-(-len(prompt) // self.prompt_bucket) * self.prompt_bucket,
+                        self.max_length)
+            padded = prompt + [self.pad_id] * (width - len(prompt))
+            self._pool = self.decoder.prefill(self._pool, slot, padded)
+            self._slots[slot] = handle
+            self._tokens[slot] = prompt[-1]
+            self._positions[slot] = len(prompt) - 1
+            self._settings.set(slot, greedy=request.greedy, temperature=request.temperature,
+                               top_k=request.top_k, top_p=request.top_p, seed=request.seed)
+
+    def _step(self):
+        self._pool, ids, log_probs = self.decoder.step(
+            self._pool, self._tokens, self._positions, self._settings)
+        self.steps += 1
+        now = time.perf_counter()
+        texts = {}
+        for slot, handle in enumerate(self._slots):
+            if handle is None:
+                continue
+            token = int(ids[slot])
+            handle.log_prob += float(log_probs[slot])
+            if handle.first_token_at is None:
+                handle.first_token_at = now
+            if token == self.end_id:
+                self._retire(slot, "end")
+                continue
+            handle.token_ids.append(token)
+            self._tokens[slot] = token
+            self._positions[slot] += 1
+            if handle.request.on_token is not None:
+                handle.request.on_token(token)
+            if handle.request.stop or handle.request.on_text:
+                texts[slot] = handle.token_ids
+        if texts and self.detokenize is not None:
+            for slot, text in zip(texts, self.detokenize(list(texts.values()))):
+                self._text(slot, text)
+        for slot, handle in enumerate(self._slots):
+            if handle is None:
+                continue
+            if handle.cancelled.is_set():
+                self._retire(slot, "cancelled")
+            elif (len(handle.token_ids) >= handle.request.max_new_tokens
+                  or self._positions[slot] >= self.max_length - 1):
+                self._retire(slot, "length")
+
+    def _text(self, slot, text):
+        handle = self._slots[slot]
+        request = handle.request
+        for stop in request.stop:
+            at = text.find(stop)
+            if at >= 0:
+                text = text[:at]
+                handle.text = text
+                self._send_text(handle, final=True)
+                self._retire(slot, "stop")
+                return
+        handle.text = text
+        self._send_text(handle, final=False)
+
+    def _send_text(self, handle, final):
+        text = handle.text
+        if not final:
+            # Hold back what a later stop string could still begin with, and
+            # an incomplete UTF-8 sequence.
+            keep = max((_overlap(text, stop) for stop in handle.request.stop), default=0)
+            text = text[:len(text) - keep]
+            text = text.rstrip("\ufffd")
+        if handle.request.on_text is not None and len(text) > handle.sent_chars:
+            handle.request.on_text(text[handle.sent_chars:])
+            handle.sent_chars = len(text)
+
+    def _retire(self, slot, reason):
+        handle = self._slots[slot]
+        self._slots[slot] = None
+        self._settings.set(slot, greedy=True)
+        self._tokens[slot] = 0
+        self._positions[slot] = 0
+        self._retire_handle(handle, reason)
+
+    def _retire_handle(self, handle, reason):
+        text = None
+        if self.detokenize is not None:
+            if reason != "stop":
+                handle.text = self.detokenize([handle.token_ids])[0]
+            text = handle.text
+            if handle.request.on_text is not None:
+                self._send_text(handle, final=True)
+        first = (handle.first_token_at - handle.submitted
+                 if handle.first_token_at is not None else None)
+        handle._finish(GenerationResult(list(handle.token_ids), text, reason, handle.log_prob,
+                                        first))
+
+
+def _overlap(text, stop):
+    """The length of the longest end of `text` that begins `stop` (a stop
+    string the next tokens may complete)."""
+    for size in range(min(len(text), len(stop) - 1), 0, -1):
+        if stop.startswith(text[-size:]):
+            return size
+    return 0
