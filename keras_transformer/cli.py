@@ -145,7 +145,8 @@ def _serve(args):
                  max_queued_instances=args.max_queued_instances,
                  max_connections=args.max_connections, max_body_bytes=args.max_body_bytes,
                  num_batch_threads=args.num_batch_threads,
-                 intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads)
+                 intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
+                 num_slots=args.slots)
 
 
 def _evaluate(args):
@@ -258,6 +259,10 @@ def _serving_parsers(subparsers):
     serve.add_argument("--inter-op-threads", type=int, default=None,
                        help="operations run at once (TF Serving's "
                             "--tensorflow_inter_op_parallelism; default: TensorFlow's)")
+    serve.add_argument("--slots", type=int, default=16,
+                       help="a text generator's sequences decoded together by continuous "
+                            "batching (:generate, :generate_stream); 0: run :generate "
+                            "through the exported whole search")
     serve.set_defaults(run=_serve)
 
     evaluate = subparsers.add_parser(

@@ -101,13 +101,13 @@ def test_stop_strings_cut_the_text_and_the_streamed_text_adds_up(model):
     assert len(text) >= 4
     stop = text[2:4]  # a two-character stop string, met after the second token
     pieces = []
-    results, _ = _run(model, [GenerationRequest(PROMPTS[1], max_new_tokens=20, stop=[stop, "@@"],
-                                                on_text=pieces.append)],
-                      detokenize=_letters)
+    results, _ = _run(model, [GenerationRequest(
+        PROMPTS[1], max_new_tokens=20, stop=[stop, "@@"],
+        on_token=lambda token, text: pieces.append(text))], detokenize=_letters)
     assert results[0].finish_reason == "stop"
     assert results[0].text == text[:text.find(stop)]
     assert "".join(pieces) == results[0].text
-    with pytest.raises(ValueError, match="need text"):
+    with pytest.raises(ValueError, match="Stop strings need text"):
         _run(model, [GenerationRequest(PROMPTS[1], stop=["x"])])
 
 
@@ -116,13 +116,13 @@ def test_a_cancelled_request_frees_its_slot(model):
     try:
         handles = []  # the first request cancels itself after its first token
         request = GenerationRequest([4], max_new_tokens=20,
-                                    on_token=lambda token: handles[0].cancel())
+                                    on_token=lambda token, text: handles[0].cancel())
         with batcher._wake:  # the idle thread cannot step before `handles` holds it
             handles.append(batcher.submit(request))
         first = handles[0]
         second = batcher.submit(GenerationRequest([5, 6], max_new_tokens=3))
         assert first.result(timeout=300).finish_reason == "cancelled"
-        assert len(first.result().token_ids) == 1
+        assert len(first.result().token_ids) <= 2  # cancelled during token 1, seen at step 2
         assert len(second.result(timeout=300).token_ids) <= 3
     finally:
         batcher.close()

@@ -7,13 +7,17 @@ Starlette application on uvicorn.
 Why Starlette on uvicorn: an asynchronous server holds an idle keep-alive
 connection (or, later, a token stream) as a few kilobytes of state instead of
 a thread, and uvicorn parses HTTP in C (`httptools`) on `uvloop`. Starlette
-is the small routing layer FastAPI is built on; the API here is four routes
-and needs none of FastAPI's validation or schema.
+is the small routing layer FastAPI is built on; the API here is a handful of
+routes and needs none of FastAPI's validation or schema.
 
 The routes (`ROUTES`):
 
 - `POST /v1/models/<name>:predict` and `/v1/models/<name>/versions/<v>:predict`;
-- `GET /v1/models/<name>` and `/v1/models/<name>/versions/<v>` (status).
+- `GET /v1/models/<name>` and `/v1/models/<name>/versions/<v>` (status);
+- a text generator's `POST /v1/models/<name>:generate` (JSON) and
+  `:generate_stream` (server-sent events, one per token; a client that
+  disconnects cancels its request), each also under `/versions/<v>`: see
+  `keras_transformer.export.generation_service`.
 
 Anything else is a 404 (405 for a known path with another method) with
 `{"error": "..."}`. A predict request is parsed on the event loop
@@ -191,6 +195,34 @@ def make_app(model_server, *, max_body_bytes=8 * 1024 * 1024, max_connections=10
         return await answer(request, batched, params["name"],
                             None if version is None else str(version), body)
 
+    async def generate(request, stream_route=False):
+        params = request.path_params
+        version = params.get("version")
+        try:
+            body = await _read_body(request, max_body_bytes)
+            model_server.check_model(params["name"], None if version is None else str(version))
+            service = model_server.generation
+            if service is None:
+                prompt, fields, stream = model_server.parse_whole_search(body)
+            else:
+                prompt, fields, stream = service.parse(body)
+            stream = stream or stream_route
+            if fields is None:  # beam search, or no step functions: the whole search
+                answer_ = await in_thread(model_server.whole_search)(prompt)
+                if stream:
+                    return _EventStream(None, [("done", answer_)])
+                return _json_response(200, answer_)
+            return await _generate_steps(service, prompt, fields, stream)
+        except RequestError as error:
+            return _json_response(error.status, {"error": str(error)}, error.headers)
+        except Exception as error:  # noqa: BLE001 (the server keeps serving)
+            return _json_response(500, {
+                "error": f"Internal error while answering {request.method} "
+                         f"{request.url.path}: {type(error).__name__}: {error}"})
+
+    async def generate_stream(request):
+        return await generate(request, stream_route=True)
+
     async def status(request):
         params = request.path_params
         version = params.get("version")
@@ -210,12 +242,109 @@ def make_app(model_server, *, max_body_bytes=8 * 1024 * 1024, max_connections=10
         Route("/v1/models/{name:model_name}:predict", predict, methods=["POST"]),
         Route("/v1/models/{name:model_name}/versions/{version:int}:predict", predict,
               methods=["POST"]),
+        Route("/v1/models/{name:model_name}:generate", generate, methods=["POST"]),
+        Route("/v1/models/{name:model_name}/versions/{version:int}:generate", generate,
+              methods=["POST"]),
+        Route("/v1/models/{name:model_name}:generate_stream", generate_stream,
+              methods=["POST"]),
+        Route("/v1/models/{name:model_name}/versions/{version:int}:generate_stream",
+              generate_stream, methods=["POST"]),
         Route("/v1/models/{name:model_name}", status, methods=["GET"]),
         Route("/v1/models/{name:model_name}/versions/{version:int}", status, methods=["GET"]),
     ], exception_handlers={HTTPException: no_route})
     if open_connections is None:
         return app
     return _ConnectionBound(app, open_connections, max_connections)
+
+
+async def _generate_steps(service, prompt, fields, stream):
+    """A request through the continuous batcher: the JSON answer once it is
+    done, or (`stream`) server-sent events as its tokens come."""
+    loop = asyncio.get_running_loop()
+    events = asyncio.Queue()
+
+    def push(kind, value):  # on the batcher's thread
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop has closed: nobody listens any more
+            pass
+
+    on_token = (lambda token, text: push("token", {"token_id": token, "text": text})
+                ) if stream else None
+    handle = service.submit(prompt, fields, on_token=on_token)
+    handle.add_done_callback(lambda done: push("done", done))
+    if stream:
+        return _EventStream(handle, _token_events(events, service))
+    try:
+        while True:
+            kind, value = await events.get()
+            if kind == "done":
+                return _json_response(200, service.answer(value))
+    finally:
+        handle.cancel()  # a no-op once done; frees the slot if the client left
+
+
+async def _token_events(events, service):
+    """`("token", {"token_id", "text"})` per new token, with the text that
+    token added, then `("done", answer)`."""
+    while True:
+        kind, value = await events.get()
+        if kind == "done":
+            yield "done", service.answer(value)
+            return
+        yield kind, value
+
+
+class _EventStream:
+    """An ASGI response of server-sent events (`text/event-stream`): one
+    `event: <kind>` / `data: <JSON>` block per event of `events` (an async
+    iterator or a list). A client that disconnects cancels `handle`, which
+    frees its slot at the next step."""
+
+    def __init__(self, handle, events):
+        self.handle, self.events = handle, events
+
+    async def __call__(self, scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
+                                (b"cache-control", b"no-cache")]})
+        events = self.events
+        if isinstance(events, list):
+            events = _as_async(events)
+        disconnect = asyncio.ensure_future(_disconnected(receive))
+        try:
+            iterator = events.__aiter__()
+            while True:
+                following = asyncio.ensure_future(iterator.__anext__())
+                await asyncio.wait([following, disconnect],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():  # the client went away
+                    following.cancel()
+                    return
+                try:
+                    kind, payload = following.result()
+                except StopAsyncIteration:
+                    break
+                data = json.dumps(payload, ensure_ascii=False)
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": f"event: {kind}\ndata: {data}\n\n".encode("utf-8")})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the connection broke while sending
+            return
+        finally:
+            disconnect.cancel()
+            if self.handle is not None:
+                self.handle.cancel()
+
+
+async def _disconnected(receive):
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _as_async(items):
+    for item in items:
+        yield item
 
 
 class _ConnectionBound:

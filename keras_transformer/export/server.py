@@ -119,11 +119,15 @@ class ModelServer:
             num_batch_threads: the batching settings (TF Serving's names).
         intra_op_threads: a CTranslate2 directory's threads per batch
             (TensorFlow's are set by `set_thread_layout`).
+        num_slots: a text generator's sequences decoded together by
+            continuous batching (`:generate`, see
+            `keras_transformer.export.generation_service`); 0 runs
+            `:generate` through the whole-search signature instead.
     """
 
     def __init__(self, base_dir, max_batch=1024, max_chars=10_000, *, batching=True,
                  max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048,
-                 num_batch_threads=1, intra_op_threads=None):
+                 num_batch_threads=1, intra_op_threads=None, num_slots=16):
         self.base_dir = os.path.abspath(base_dir)
         self.name = os.path.basename(self.base_dir.rstrip("/"))
         self.version = latest_version(self.base_dir)
@@ -139,11 +143,21 @@ class ModelServer:
                                    batch_timeout_micros=batch_timeout_micros,
                                    max_queued_instances=max_queued_instances,
                                    num_batch_threads=num_batch_threads)
+        self.generation = None
+        if num_slots:
+            from keras_transformer.export.generation_service import GenerationService
+
+            self.generation = GenerationService.of(self.model, num_slots=num_slots,
+                                                   max_waiting=max_queued_instances,
+                                                   max_chars=max_chars)
 
     def close(self):
-        """Answers what is queued, then stops the batching worker."""
+        """Answers what is queued, then stops the batching worker and the
+        continuous batcher."""
         if self.batcher is not None:
             self.batcher.stop()
+        if self.generation is not None:
+            self.generation.close()
 
     def _call(self, key, values):
         """One model call: `key` = (signature name, input name); arrays out."""
@@ -170,6 +184,38 @@ class ModelServer:
             raise RequestError(400, f"Unknown signature_name {name!r}; this model has "
                                     f"{sorted(signatures)}.")
         return signatures[name]
+
+    def check_model(self, name, version):
+        """Raises a 404 `RequestError` unless `name` (and `version`, when
+        given) is what this server serves."""
+        self._check_model(name, version)
+
+    def parse_whole_search(self, body):
+        """A `:generate` request for a model without step functions:
+        `(prompt, None, stream)`; settings other than the prompt are refused
+        (the whole search runs as exported)."""
+        from keras_transformer.export.generation_service import _json_object
+
+        if "generate" not in self.model.signatures:
+            raise RequestError(400, f"Model {self.name!r} does not generate text (it has no "
+                                    "'generate' signature); use :predict.")
+        request = _json_object(body)
+        extra = set(request) - {"prompt", "stream"}
+        if extra:
+            raise RequestError(400, f"This model runs its exported search only (no step "
+                                    f"functions, or --slots 0): {sorted(extra)} cannot be set "
+                                    "per request.")
+        prompt = request.get("prompt")
+        if not isinstance(prompt, str):
+            raise RequestError(400, "'prompt' must be a string.")
+        return prompt[: self.max_chars], None, bool(request.get("stream", False))
+
+    def whole_search(self, prompt):
+        """The `:generate` answer of the exported whole search, waiting."""
+        from keras_transformer.export.generation_service import whole_search_answer
+
+        with self._lock:
+            return whole_search_answer(self.model, prompt)
 
     def _check_model(self, name, version):
         if name != self.name:
@@ -489,7 +535,7 @@ def set_thread_layout(intra_op_threads=None, inter_op_threads=None):
 def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
           max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048,
           max_connections=1024, max_body_bytes=8 * 1024 * 1024, num_batch_threads=1,
-          intra_op_threads=None, inter_op_threads=None):
+          intra_op_threads=None, inter_op_threads=None, num_slots=16):
     """Serves `base_dir` until SIGTERM or Ctrl-C, then stops gracefully.
 
     The HTTP side is `keras_transformer.export.http_app.HTTPServer`
@@ -506,7 +552,8 @@ def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
     model = ModelServer(base_dir, batching=batching, max_batch_size=max_batch_size,
                         batch_timeout_micros=batch_timeout_micros,
                         max_queued_instances=max_queued_instances,
-                        num_batch_threads=num_batch_threads, intra_op_threads=intra_op_threads)
+                        num_batch_threads=num_batch_threads, intra_op_threads=intra_op_threads,
+                        num_slots=num_slots)
     httpd = HTTPServer(model, host, port, max_connections=max_connections,
                        max_body_bytes=max_body_bytes)
     batching_text = (f"batching up to {max_batch_size} instances, {batch_timeout_micros} µs, "
@@ -514,6 +561,9 @@ def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
     print(f"Serving {model.name!r} version {model.version} on "
           f"http://{host}:{httpd.server_address[1]}/v1/models/{model.name}:predict "
           f"({batching_text})", flush=True)
+    if model.generation is not None:
+        print(f"Text generation: POST .../{model.name}:generate and :generate_stream, "
+              f"{num_slots} sequences decoded together (continuous batching)", flush=True)
     if threading.current_thread() is threading.main_thread():
         # uvicorn handles SIGTERM/SIGINT while it runs and raises them again
         # once it has stopped: these handlers make that a clean exit.

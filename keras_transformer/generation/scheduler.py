@@ -17,15 +17,19 @@ where a batch is done when its longest row is.
     batcher = ContinuousBatcher(SlotDecoder(model, 256), num_slots=16,
                                 detokenize=lambda rows: [...])
     handle = batcher.submit(GenerationRequest([5, 6, 9], max_new_tokens=64,
-                                              on_text=print))
+                                              on_token=lambda token, text: print(text)))
     result = handle.result()          # a GenerationResult
 
-Stop strings and text streaming need `detokenize`: a function from a list
+Stop strings and the text of `on_token` need `detokenize`: a function from a list
 of id lists to a list of strings (the batcher calls it once per step for
-every slot that needs text). A request's text so far is the detokenized ids
-it generated; `on_text` receives what was added since the last call. A
-text that ends in U+FFFD (an incomplete UTF-8 sequence of a byte-level
-vocabulary) is held back until the next token completes it.
+every slot that needs text). A request's text so far is that of the ids it
+generated, read after the prompt's last few tokens (`CONTEXT_TOKENS`) and
+with their text taken off, so that a vocabulary whose pieces join
+differently at the start of a text (WordPiece's spaces) reads the
+continuation as the whole sequence does. `on_token` receives each token
+with the text it added. A text that ends in U+FFFD (an incomplete UTF-8
+sequence of a byte-level vocabulary) is held back until the next token
+completes it, and so is an end of the text that a stop string may begin.
 """
 
 import dataclasses
@@ -36,6 +40,9 @@ import time
 import numpy as np
 
 from keras_transformer.generation.slots import SlotSettings
+
+# Prompt tokens read before the new ones when detokenizing (see the module docstring).
+CONTEXT_TOKENS = 4
 
 
 @dataclasses.dataclass
@@ -52,9 +59,11 @@ class GenerationRequest:
             meaning), this request's own.
         stop: strings; generation ends where the text first contains one,
             and the text is cut before it.
-        on_token: None, or `fn(token_id)` called on the batcher's thread for
-            each new token (not the end id).
-        on_text: None, or `fn(new_text)` with the text each token added.
+        on_token: None, or `fn(token_id, text)` called on the batcher's
+            thread for each new token (not the end id) with the text it
+            added ("" without `detokenize`, or while held back); a last call
+            `fn(None, text)` brings text still held back when the end id
+            came.
     """
 
     prompt_ids: list
@@ -66,7 +75,6 @@ class GenerationRequest:
     seed: int = 0
     stop: tuple = ()
     on_token: object = None
-    on_text: object = None
 
     def __post_init__(self):
         self.prompt_ids = [int(token) for token in self.prompt_ids]
@@ -120,6 +128,7 @@ class GenerationHandle:
         self.text = ""
         self.sent_chars = 0
         self.log_prob = 0.0
+        self.context, self.context_text = [], ""
         self.cancelled = threading.Event()
         self._done = threading.Event()
         self._result = None
@@ -161,7 +170,7 @@ class ContinuousBatcher:
         end_id: the id that ends a sequence (default: the decoder's
             `special_ids.end`).
         detokenize: None, or `fn(list of id lists) → list of str` (for stop
-            strings and `on_text`).
+            strings and the text of `on_token`).
         max_waiting: int, requests waiting for a slot before `submit`
             raises `queue.Full`.
         prompt_bucket: int, prompts are padded to a multiple of this many
@@ -189,6 +198,7 @@ class ContinuousBatcher:
         self._wake = threading.Condition()
         self._closed = False
         self._pool = None
+        self._length = None  # the positions the pool holds now
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="continuous-batcher",
                                         daemon=True)
@@ -200,7 +210,7 @@ class ContinuousBatcher:
         Raises:
             ValueError: the prompt leaves no room in a slot (it must be
                 shorter than `max_length`), or the batcher cannot honour
-                `stop`/`on_text` (no `detokenize`).
+                `stop` (no `detokenize`).
             queue.Full: `max_waiting` requests are already waiting.
             RuntimeError: the batcher was closed.
         """
@@ -210,9 +220,9 @@ class ContinuousBatcher:
             raise ValueError(
                 f"The prompt has {len(request.prompt_ids)} tokens; a slot holds "
                 f"{self.max_length} positions, so prompts must be shorter than that.")
-        if (request.stop or request.on_text) and self.detokenize is None:
-            raise ValueError("Stop strings and `on_text` need text: this batcher was made "
-                             "without `detokenize`.")
+        if request.stop and self.detokenize is None:
+            raise ValueError("Stop strings need text: this batcher was made without "
+                             "`detokenize`.")
         handle = GenerationHandle(request)
         self._waiting.put_nowait(handle)
         with self._wake:
@@ -235,7 +245,8 @@ class ContinuousBatcher:
 
     def _run(self):
         try:
-            self._pool = self.decoder.initial_pool(self.num_slots)
+            self._rows, self._length = 1, self.decoder.lengths[0]
+            self._pool = self.decoder.initial_pool(self._rows, self._length)
             while True:
                 with self._wake:
                     while (not self._closed and self._waiting.empty()
@@ -263,9 +274,11 @@ class ContinuousBatcher:
                 handle._finish(error=error)
 
     def _admit(self):
-        for slot in range(self.num_slots):
-            if self._slots[slot] is not None:
-                continue
+        # The sequences stay packed in the first rows of the pool (`_compact`).
+        while True:
+            slot = self.active
+            if slot == self.num_slots:
+                return
             try:
                 handle = self._waiting.get_nowait()
             except queue.Empty:
@@ -278,20 +291,63 @@ class ContinuousBatcher:
             width = min(-(-len(prompt) // self.prompt_bucket) * self.prompt_bucket,
                         self.max_length)
             padded = prompt + [self.pad_id] * (width - len(prompt))
+            self._fit(slot + 1, width)
             self._pool = self.decoder.prefill(self._pool, slot, padded)
             self._slots[slot] = handle
             self._tokens[slot] = prompt[-1]
             self._positions[slot] = len(prompt) - 1
             self._settings.set(slot, greedy=request.greedy, temperature=request.temperature,
                                top_k=request.top_k, top_p=request.top_p, seed=request.seed)
+            if self.detokenize is not None:
+                handle.context = prompt[-CONTEXT_TOKENS:]
+                handle.context_text = self.detokenize([handle.context])[0]
+
+    def _fit(self, rows=1, needed=0):
+        """The pool resized to the fewest rows of `row_sizes` that hold `rows`
+        sequences, and the shortest of the decoder's `lengths` that holds
+        `needed` positions and every sequence's next position."""
+        needed = max([needed] + [int(self._positions[slot]) + 1
+                                 for slot, handle in enumerate(self._slots) if handle])
+        length = next(length for length in self.decoder.lengths if length >= needed)
+        rows = next(size for size in self.row_sizes if size >= max(rows, 1))
+        if (rows, length) != (self._rows, self._length):
+            self._pool = self.decoder.resize(self._pool, rows, length)
+            self._rows, self._length = rows, length
+
+    @property
+    def row_sizes(self):
+        """The pool's row counts: 1, 2, 4, … and `num_slots`."""
+        sizes, size = [], 1
+        while size < self.num_slots:
+            sizes.append(size)
+            size *= 2
+        return sizes + [self.num_slots]
+
+    def _compact(self):
+        """Moves the last sequences into the rows that retired ones left, so
+        that the `active` sequences fill rows `0 … active - 1`."""
+        count = self.active
+        holes = [row for row in range(count) if self._slots[row] is None]
+        sources = [row for row in range(count, self.num_slots) if self._slots[row] is not None]
+        for hole, source in zip(holes, sources):
+            self._pool = self.decoder.move(self._pool, source, hole)
+            self._slots[hole], self._slots[source] = self._slots[source], None
+            self._tokens[hole] = self._tokens[source]
+            self._positions[hole] = self._positions[source]
+            for values in self._settings.arrays():
+                values[hole] = values[source]
+            self._settings.set(source, greedy=True)
 
     def _step(self):
+        self._fit(self.active)
+        rows = self._rows
         self._pool, ids, log_probs = self.decoder.step(
-            self._pool, self._tokens, self._positions, self._settings)
+            self._pool, self._tokens[:rows], self._positions[:rows],
+            self._settings.rows(rows))
         self.steps += 1
         now = time.perf_counter()
-        texts = {}
-        for slot, handle in enumerate(self._slots):
+        fresh = []  # the slots with a new token
+        for slot, handle in enumerate(self._slots[:rows]):
             if handle is None:
                 continue
             token = int(ids[slot])
@@ -304,47 +360,44 @@ class ContinuousBatcher:
             handle.token_ids.append(token)
             self._tokens[slot] = token
             self._positions[slot] += 1
-            if handle.request.on_token is not None:
-                handle.request.on_token(token)
-            if handle.request.stop or handle.request.on_text:
-                texts[slot] = handle.token_ids
-        if texts and self.detokenize is not None:
-            for slot, text in zip(texts, self.detokenize(list(texts.values()))):
-                self._text(slot, text)
-        for slot, handle in enumerate(self._slots):
-            if handle is None:
-                continue
-            if handle.cancelled.is_set():
-                self._retire(slot, "cancelled")
-            elif (len(handle.token_ids) >= handle.request.max_new_tokens
-                  or self._positions[slot] >= self.max_length - 1):
-                self._retire(slot, "length")
+            fresh.append(slot)
+        reading = [slot for slot in fresh if self.detokenize is not None
+                   and (self._slots[slot].request.stop or self._slots[slot].request.on_token)]
+        if reading:
+            texts = self.detokenize([self._slots[slot].context + self._slots[slot].token_ids
+                                     for slot in reading])
+            for slot, text in zip(reading, texts):
+                self._slots[slot].text = _after(text, self._slots[slot].context_text)
+        for slot in fresh:
+            handle = self._slots[slot]
+            request = handle.request
+            reason = _stop(handle) if slot in reading else None
+            if reason is None and handle.cancelled.is_set():
+                reason = "cancelled"
+            elif reason is None and (len(handle.token_ids) >= request.max_new_tokens
+                                     or self._positions[slot] >= self.max_length - 1):
+                reason = "length"
+            if request.on_token is not None:
+                request.on_token(handle.token_ids[-1], self._unsent(handle, reason is not None))
+            if reason is not None:
+                self._retire(slot, reason)
+        self._compact()
 
-    def _text(self, slot, text):
-        handle = self._slots[slot]
-        request = handle.request
-        for stop in request.stop:
-            at = text.find(stop)
-            if at >= 0:
-                text = text[:at]
-                handle.text = text
-                self._send_text(handle, final=True)
-                self._retire(slot, "stop")
-                return
-        handle.text = text
-        self._send_text(handle, final=False)
-
-    def _send_text(self, handle, final):
+    def _unsent(self, handle, final):
+        """The text added since the last call ("" without `detokenize`). Unless
+        `final`, an end of the text that a stop string may begin, or an
+        incomplete UTF-8 sequence, is held back."""
+        if self.detokenize is None:
+            return ""
         text = handle.text
         if not final:
-            # Hold back what a later stop string could still begin with, and
-            # an incomplete UTF-8 sequence.
             keep = max((_overlap(text, stop) for stop in handle.request.stop), default=0)
-            text = text[:len(text) - keep]
-            text = text.rstrip("\ufffd")
-        if handle.request.on_text is not None and len(text) > handle.sent_chars:
-            handle.request.on_text(text[handle.sent_chars:])
-            handle.sent_chars = len(text)
+            text = text[:len(text) - keep].rstrip("\ufffd")
+        if len(text) <= handle.sent_chars:
+            return ""
+        piece = text[handle.sent_chars:]
+        handle.sent_chars = len(text)
+        return piece
 
     def _retire(self, slot, reason):
         handle = self._slots[slot]
@@ -358,14 +411,26 @@ class ContinuousBatcher:
         text = None
         if self.detokenize is not None:
             if reason != "stop":
-                handle.text = self.detokenize([handle.token_ids])[0]
+                text = self.detokenize([handle.context + handle.token_ids])[0]
+                handle.text = _after(text, handle.context_text)
             text = handle.text
-            if handle.request.on_text is not None:
-                self._send_text(handle, final=True)
+            rest = self._unsent(handle, final=True)
+            if rest and handle.request.on_token is not None:
+                handle.request.on_token(None, rest)
         first = (handle.first_token_at - handle.submitted
                  if handle.first_token_at is not None else None)
         handle._finish(GenerationResult(list(handle.token_ids), text, reason, handle.log_prob,
                                         first))
+
+
+def _stop(handle):
+    """"stop" when the text holds one of the request's stop strings (the text
+    is cut before the first), else None."""
+    found = [at for at in (handle.text.find(stop) for stop in handle.request.stop) if at >= 0]
+    if not found:
+        return None
+    handle.text = handle.text[:min(found)]
+    return "stop"
 
 
 def _overlap(text, stop):
@@ -375,3 +440,8 @@ def _overlap(text, stop):
         if stop.startswith(text[-size:]):
             return size
     return 0
+
+
+def _after(text, context_text):
+    """`text` without the context's text it starts with."""
+    return text[len(context_text):] if text.startswith(context_text) else text

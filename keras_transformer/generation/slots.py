@@ -8,7 +8,8 @@ sequence at its own position. Two functions, each compiled once, serve any
 mix of requests (continuous batching, as Orca and vLLM schedule it):
 
 - `prefill(pool, slot, prompt_ids)`: a prompt `(1, P)` through the cache in
-  one call, written into row `slot` of the pool (the other rows unchanged);
+  one call (compiled once per width `P`), written into row `slot` of the
+  pool (the other rows unchanged);
 - `step(pool, tokens, positions, settings)`: one token per slot `(N,)`, each
   at its own position `(N,)` (the layers' per-row `index`), → the next
   token of every slot, greedy or sampled with the slot's own temperature,
@@ -26,6 +27,14 @@ where the backend keeps it (no copy to the host between steps). Only the
 chosen ids `(N,)` come back to the host. A free slot is stepped too (its
 result ignored), since the step's shape is fixed.
 
+A step's cost grows with the pool's rows and positions, so the pool holds
+only what its sequences need: `resize(pool, rows, length)` cuts or pads it
+to as many rows as there are sequences (the caller keeps them in the first
+rows, `move`) and as many positions as the longest needs (`lengths`: 8, 16,
+32, … then `max_length`, the searches' growing-cache lengths; positions
+past every sequence's own are never read, so cutting them loses nothing).
+XLA compiles the step once per pool shape.
+
     decoder = SlotDecoder(model, max_length=128)
     pool = decoder.initial_pool(8)
     pool = decoder.prefill(pool, 0, prompt_ids)                 # slot 0
@@ -42,6 +51,7 @@ from keras_transformer.data.special_tokens import DEFAULT_SPECIAL_IDS, special_i
 from keras_transformer.generation.id_decoder import compile_for_backend
 from keras_transformer.generation.search import (
     _suppress,
+    cache_lengths,
     categorical_per_row,
     filter_logits_per_row,
 )
@@ -83,6 +93,10 @@ class SlotSettings:
 
     def arrays(self):
         return (self.greedy, self.temperature, self.top_k, self.top_p, self.seed)
+
+    def rows(self, count):
+        """The settings of the first `count` slots."""
+        return SlotSettings(*(values[:count] for values in self.arrays()))
 
 
 class SlotDecoder:
@@ -126,23 +140,61 @@ class SlotDecoder:
         self._prefill = compile_for_backend(self.prefill_function, model, compile)
         self._step = compile_for_backend(self.step_function, model, compile)
 
-    def initial_pool(self, num_slots):
-        """The empty pool: the model's cache for `num_slots` rows."""
-        return self.stepper.initial_state(num_slots, self.max_length)
+    @property
+    def lengths(self):
+        """The pool lengths `resize` moves between (`[max_length]` for a model
+        whose cache cannot grow)."""
+        return cache_lengths(self.stepper, self.max_length)
 
-    def prefill_function(self, pool, slot, prompt_ids):
-        """`pool` with row `slot` (scalar int) holding the cache of
-        `prompt_ids` `(1, P)` at positions `0 … P - 1` (positions a padded
-        prompt writes past its length are rewritten before any query reads
-        them: causal attention)."""
-        row = self.stepper.prefill(prompt_ids, self.stepper.initial_state(1, self.max_length))
-        slot = ops.cast(slot, "int32")
+    def initial_pool(self, num_slots, length=None):
+        """The empty pool: the model's cache for `num_slots` rows of `length`
+        positions (default `max_length`)."""
+        return self.stepper.initial_state(num_slots,
+                                          self.max_length if length is None else length)
+
+    def resize(self, pool, rows, length):
+        """`pool` cut or zero-padded to `rows` slots and `length` positions
+        (one of `lengths`). Rows past `rows` are dropped: the caller keeps
+        its sequences in the first rows (`move`)."""
+        pool = keras.tree.map_structure(lambda tensor: _fit_axis(tensor, 0, rows), pool)
+        return self.stepper.resize(pool, length)
+
+    def move(self, pool, source, target):
+        """`pool` with row `source` copied into row `target`."""
+        def copy(tensor):
+            start = [target] + [0] * (len(tensor.shape) - 1)
+            return ops.slice_update(tensor, start, tensor[source:source + 1])
+
+        return keras.tree.map_structure(copy, pool)
+
+    def insert(self, pool, slot, row):
+        """`pool` with `row` (`prefill`'s cache of one sequence, any length up
+        to the pool's) in row `slot`."""
+        row = self.stepper.resize(row, self.pool_length(pool))
 
         def put(whole, part):
             start = [slot] + [0] * (len(whole.shape) - 1)
             return ops.slice_update(whole, start, ops.cast(part, whole.dtype))
 
         return keras.tree.map_structure(put, pool, row)
+
+    def pool_length(self, pool):
+        """The positions `pool` holds."""
+        axes = dict(self.stepper.traits.cache_length_axes)
+        if not axes or not isinstance(pool, dict):
+            return self.max_length
+        key, axis = next(iter(axes.items()))
+        return keras.tree.flatten(pool[key])[0].shape[axis]
+
+    def prefill_function(self, prompt_ids):
+        """The cache of one sequence holding `prompt_ids` `(1, P)` at positions
+        `0 … P - 1`, `P` positions long (`insert` puts it in the pool;
+        positions a padded prompt writes past its length are rewritten before
+        any query reads them: causal attention)."""
+        width = prompt_ids.shape[1]
+        if width is None:  # traced with an open width (the exported function)
+            width = ops.shape(prompt_ids)[1]
+        return self.stepper.prefill(prompt_ids, self.stepper.initial_state(1, width))
 
     def step_function(self, pool, tokens, positions, greedy, temperature, top_k, top_p, seed):
         """One step of every slot: `tokens` `(N,)` at `positions` `(N,)` →
@@ -163,9 +215,10 @@ class SlotDecoder:
         return pool, chosen, gained
 
     def prefill(self, pool, slot, prompt_ids):
-        """`prefill_function`, compiled: `prompt_ids` a sequence of ints."""
+        """`prefill_function`, compiled, then `insert` into row `slot`:
+        `prompt_ids` a sequence of ints."""
         prompt_ids = np.asarray(prompt_ids, "int32").reshape(1, -1)
-        return self._prefill(pool, np.int32(slot), prompt_ids)
+        return self.insert(pool, slot, self._prefill(prompt_ids))
 
     def step(self, pool, tokens, positions, settings):
         """`step_function`, compiled; `settings` a `SlotSettings`. Returns
@@ -173,3 +226,17 @@ class SlotDecoder:
         pool, ids, gained = self._step(pool, np.asarray(tokens, "int32"),
                                        np.asarray(positions, "int32"), *settings.arrays())
         return pool, ops.convert_to_numpy(ids), ops.convert_to_numpy(gained)
+
+
+def _fit_axis(tensor, axis, size):
+    """`tensor` cut or zero-padded to `size` along `axis` (a static shape)."""
+    current = tensor.shape[axis]
+    if current == size:
+        return tensor
+    if current > size:
+        index = [slice(None)] * len(tensor.shape)
+        index[axis] = slice(0, size)
+        return tensor[tuple(index)]
+    padding = [[0, 0]] * len(tensor.shape)
+    padding[axis] = [0, size - current]
+    return ops.pad(tensor, padding)

@@ -17,6 +17,8 @@ model's prompts begin with a start token (`SpecialIds.prompt_start`, GPT-2's
 and Llama's), which is then the first token of every prompt.
 """
 
+import logging
+
 import tensorflow as tf
 
 from keras_transformer import _deprecation
@@ -24,6 +26,7 @@ from keras_transformer.data.special_tokens import DEFAULT_SPECIAL_IDS
 from keras_transformer.data.tokenizers import ready_for_graphs
 from keras_transformer.generation.core import SearchCore, SearchFront
 from keras_transformer.generation.decoding import DecodingConfig
+from keras_transformer.generation.slot_module import SlotModule
 from keras_transformer.generation.steppers import model_variables
 from keras_transformer.generation.translator import strip_special
 from keras_transformer.models.cached_decoding import cached_decoder
@@ -117,6 +120,20 @@ class TextGenerator(SearchFront, tf.Module):
         self.core = SearchCore(model, self.max_length - 1, decoding, kind="causal_lm",
                                special_ids=special_ids, fallback=tokenizer)
         self._search = tf.function(self._search_ids, jit_compile=jit_compile)
+        self.slots = self._slot_module()
+
+    def _slot_module(self):
+        """The step functions saved beside the signatures (`SlotModule`), or
+        None for a model that takes one position for the whole batch."""
+        if not self.stepper.traits.per_row_index:
+            logging.getLogger(__name__).info(
+                "Model '%s' takes one position `index` for the whole batch: its SavedModel "
+                "has no step functions, and `keras-transformer serve` batches its requests "
+                "whole.", getattr(self.model, "name", self.model))
+            return None
+        return SlotModule(self.model, self._tokenize,
+                          lambda ids: detokenize_sequence(self.tokenizer, ids, self.special_ids),
+                          self.max_length, self.special_ids, self.decoding)
 
     def _search_ids(self, prompt_ids, lengths, seed):
         # A method of the module (not the core's bound method), so that the

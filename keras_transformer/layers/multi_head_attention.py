@@ -108,8 +108,8 @@ class MultiHeadAttention(keras.layers.Layer):
         cache_index: int or scalar int tensor, the position of the first query
             in the cache; or a `(B,)` int tensor, row b's own position (a pool
             of sequences at different positions, stepped together: the
-            causal mask and the rotary angles follow each row's position).
-            Positions past the cache length are not written.
+            causal mask and the rotary angles follow each row's position;
+            each `cache_index[b] + T` must be at most the cache length).
         return_attention_scores: bool, whether to also return the attention
             probabilities `(B, N, T, S)`.
         training: bool, whether dropout is active.
@@ -482,19 +482,20 @@ class MultiHeadAttention(keras.layers.Layer):
 
 def _write_cache(cache, update, cache_index):
     """`cache` `(B, 2, S, K, H)` with `update` `(B, 2, T, K, H)` written at
-    positions `cache_index + t`: one slice for a shared index; a one-hot
-    scatter for a `(B,)` index (each row at its own position)."""
+    positions `cache_index + t`: one slice for a shared index; a scatter of
+    the `B·2·T` new rows for a `(B,)` index (each row at its own position),
+    which XLA runs in place when the cache is a variable it updates."""
     if not positions_lib.is_per_row(cache_index):
         return ops.slice_update(cache, [0, 0, cache_index, 0, 0], update)
-    length = ops.shape(cache)[2]
-    positions = positions_lib.position_ids(cache_index, ops.shape(update)[2])  # [B, T]
-    if update.shape[2] == 1:  # one decoding step: a select, no product
-        written = ops.one_hot(positions[:, 0], length, dtype="bool")
-        return ops.where(written[:, None, :, None, None], update, cache)
-    one_hot = ops.one_hot(positions, length, dtype=cache.dtype)  # [B, T, S]
-    scattered = ops.einsum("bts,bctkh->bcskh", one_hot, update)
-    written = ops.any(ops.cast(one_hot, "bool"), axis=1)[:, None, :, None, None]  # [B,1,S,1,1]
-    return ops.where(written, scattered, cache)
+    rows, length = ops.shape(update)[0], ops.shape(update)[2]
+    positions = positions_lib.position_ids(cache_index, length)  # [B, T]
+    shape = (rows, 2, length)
+    row = ops.broadcast_to(ops.arange(rows, dtype="int32")[:, None, None], shape)
+    half = ops.broadcast_to(ops.arange(2, dtype="int32")[None, :, None], shape)
+    position = ops.broadcast_to(positions[:, None, :], shape)
+    indices = ops.reshape(ops.stack([row, half, position], axis=-1), (-1, 3))
+    values = ops.reshape(update, (-1, *update.shape[3:]))  # [B·2·T, K, H]
+    return ops.scatter_update(cache, indices, ops.cast(values, cache.dtype))
 
 
 def _group_queries(query_heads, query_mask, attention_mask, sources, keys):
