@@ -32,14 +32,13 @@ event only). So is a SavedModel without step functions (a model that takes
 one position for the whole batch): the server logs so at start.
 """
 
-import json
 import logging
 
 import numpy as np
 import tensorflow as tf
 
 from keras_transformer.data.special_tokens import SpecialIds
-from keras_transformer.export.http_app import RequestError
+from keras_transformer.export.http_app import RequestError, read_json_object
 from keras_transformer.generation.scheduler import ContinuousBatcher, GenerationRequest
 from keras_transformer.generation.slot_module import STRATEGY_IDS
 
@@ -160,7 +159,8 @@ class GenerationService:
     def parse(self, body):
         """The request body → `(prompt text, GenerationRequest fields, stream)`, or a
         `RequestError`; the whole search is asked for with `fields = None`."""
-        request = _json_object(body)
+        request = read_json_object(body, "A generate request must be a JSON object with "
+                                         "'prompt'")
         unknown = set(request) - _FIELDS
         if unknown:
             raise RequestError(400, f"Unknown field(s) {sorted(unknown)}; a generate request "
@@ -245,19 +245,6 @@ def whole_search_answer(model, prompt):
     return {"text": text, "completion": text[len(prompt):] if text.startswith(prompt) else text,
             "token_ids": outputs["token_ids"].numpy()[0].tolist(), "finish_reason": None,
             "log_prob": float(outputs["scores"].numpy()[0]), "time_to_first_token": None}
-
-
-def _json_object(body):
-    try:
-        request = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestError(400, f"The request body is not valid JSON: {error}") from None
-    except RecursionError:
-        raise RequestError(400, "The request body is JSON nested too deeply.") from None
-    if not isinstance(request, dict):
-        raise RequestError(400, "A generate request must be a JSON object with 'prompt'. "
-                                f"Received a {type(request).__name__}.")
-    return request
 
 
 def _number(request, name, default, kind):

@@ -72,6 +72,21 @@ class RequestError(Exception):
         self.headers = headers or {}
 
 
+def read_json_object(body, expected):
+    """The request body `body` (bytes) as a JSON object, or a 400
+    `RequestError`; `expected` ends the message for a body that is JSON but
+    not an object ("with 'prompt'")."""
+    try:
+        request = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RequestError(400, f"The request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise RequestError(400, "The request body is JSON nested too deeply.") from None
+    if not isinstance(request, dict):
+        raise RequestError(400, f"{expected}. Received a {type(request).__name__}.")
+    return request
+
+
 def _json_response(status, payload, headers=None):
     from starlette.responses import Response
 
@@ -151,12 +166,8 @@ def make_app(model_server, *, max_body_bytes=8 * 1024 * 1024, max_connections=10
         """`work(*args)` (a JSON-ready dict, or a `RequestError`) as a response."""
         try:
             return _json_response(200, await work(*args))
-        except RequestError as error:
-            return _json_response(error.status, {"error": str(error)}, error.headers)
         except Exception as error:  # noqa: BLE001 (the server keeps serving)
-            return _json_response(500, {
-                "error": f"Internal error while answering {request.method} "
-                         f"{request.url.path}: {type(error).__name__}: {error}"})
+            return _error_response(request, error)
 
     def in_thread(function):
         async def run(*args):
@@ -213,12 +224,8 @@ def make_app(model_server, *, max_body_bytes=8 * 1024 * 1024, max_connections=10
                     return _EventStream(None, [("done", answer_)])
                 return _json_response(200, answer_)
             return await _generate_steps(service, prompt, fields, stream)
-        except RequestError as error:
-            return _json_response(error.status, {"error": str(error)}, error.headers)
         except Exception as error:  # noqa: BLE001 (the server keeps serving)
-            return _json_response(500, {
-                "error": f"Internal error while answering {request.method} "
-                         f"{request.url.path}: {type(error).__name__}: {error}"})
+            return _error_response(request, error)
 
     async def generate_stream(request):
         return await generate(request, stream_route=True)
@@ -255,6 +262,15 @@ def make_app(model_server, *, max_body_bytes=8 * 1024 * 1024, max_connections=10
     if open_connections is None:
         return app
     return _ConnectionBound(app, open_connections, max_connections)
+
+
+def _error_response(request, error):
+    """A `RequestError` as its status; anything else as a 500 naming it."""
+    if isinstance(error, RequestError):
+        return _json_response(error.status, {"error": str(error)}, error.headers)
+    return _json_response(500, {
+        "error": f"Internal error while answering {request.method} "
+                 f"{request.url.path}: {type(error).__name__}: {error}"})
 
 
 async def _generate_steps(service, prompt, fields, stream):

@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from keras_transformer._optional import require
 from keras_transformer.export.batching import Batcher, QueueFull
-from keras_transformer.export.http_app import HTTPServer, RequestError
+from keras_transformer.export.http_app import HTTPServer, RequestError, read_json_object
 from keras_transformer.export.saved_model import versions
 
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
@@ -194,12 +194,11 @@ class ModelServer:
         """A `:generate` request for a model without step functions:
         `(prompt, None, stream)`; settings other than the prompt are refused
         (the whole search runs as exported)."""
-        from keras_transformer.export.generation_service import _json_object
-
         if "generate" not in self.model.signatures:
             raise RequestError(400, f"Model {self.name!r} does not generate text (it has no "
                                     "'generate' signature); use :predict.")
-        request = _json_object(body)
+        request = read_json_object(body, "A generate request must be a JSON object with "
+                                         "'prompt'")
         extra = set(request) - {"prompt", "stream"}
         if extra:
             raise RequestError(400, f"This model runs its exported search only (no step "
@@ -251,15 +250,8 @@ class ModelServer:
         """A predict request, checked: a `PredictRequest` (what `submit` and
         `answer` take), or a `RequestError` for the client."""
         self._check_model(name, version)
-        try:
-            request = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise RequestError(400, f"The request body is not valid JSON: {error}") from None
-        except RecursionError:
-            raise RequestError(400, "The request body is JSON nested too deeply.") from None
-        if not isinstance(request, dict):
-            raise RequestError(400, "The request must be a JSON object with 'instances' or "
-                                    f"'inputs'. Received a {type(request).__name__}.")
+        request = read_json_object(
+            body, "The request must be a JSON object with 'instances' or 'inputs'")
         signature_name = request.get("signature_name", "serving_default")
         signature = self._signature(signature_name)
         ((input_name, spec),) = signature.structured_input_signature[1].items()

@@ -55,7 +55,7 @@ from keras_transformer.generation.search import (
     categorical_per_row,
     filter_logits_per_row,
 )
-from keras_transformer.generation.steppers import CausalLMStepper
+from keras_transformer.generation.steppers import CausalLMStepper, fit_axis
 
 
 @dataclasses.dataclass
@@ -156,7 +156,7 @@ class SlotDecoder:
         """`pool` cut or zero-padded to `rows` slots and `length` positions
         (one of `lengths`). Rows past `rows` are dropped: the caller keeps
         its sequences in the first rows (`move`)."""
-        pool = keras.tree.map_structure(lambda tensor: _fit_axis(tensor, 0, rows), pool)
+        pool = keras.tree.map_structure(lambda tensor: fit_axis(tensor, 0, rows), pool)
         return self.stepper.resize(pool, length)
 
     def move(self, pool, source, target):
@@ -227,16 +227,3 @@ class SlotDecoder:
                                        np.asarray(positions, "int32"), *settings.arrays())
         return pool, ops.convert_to_numpy(ids), ops.convert_to_numpy(gained)
 
-
-def _fit_axis(tensor, axis, size):
-    """`tensor` cut or zero-padded to `size` along `axis` (a static shape)."""
-    current = tensor.shape[axis]
-    if current == size:
-        return tensor
-    if current > size:
-        index = [slice(None)] * len(tensor.shape)
-        index[axis] = slice(0, size)
-        return tensor[tuple(index)]
-    padding = [[0, 0]] * len(tensor.shape)
-    padding[axis] = [0, size - current]
-    return ops.pad(tensor, padding)

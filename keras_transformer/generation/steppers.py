@@ -36,6 +36,20 @@ def model_variables(model):
             + list(getattr(model, "metrics_variables", [])))
 
 
+def fit_axis(tensor, axis, size):
+    """`tensor` cut or zero-padded to `size` along `axis` (a static shape)."""
+    current = tensor.shape[axis]
+    if current == size:
+        return tensor
+    if current > size:
+        index = [slice(None)] * len(tensor.shape)
+        index[axis] = slice(0, size)
+        return tensor[tuple(index)]
+    padding = [[0, 0]] * len(tensor.shape)
+    padding[axis] = [0, size - current]
+    return ops.pad(tensor, padding)
+
+
 class Stepper:
     """Steps through any object with the cached-decoding protocol.
 
@@ -101,19 +115,8 @@ class Stepper:
         if not axes or not isinstance(state, dict):
             return state
 
-        def fit(tensor, axis):
-            current = tensor.shape[axis]
-            if current == length:
-                return tensor
-            if current > length:
-                index = [slice(None)] * len(tensor.shape)
-                index[axis] = slice(0, length)
-                return tensor[tuple(index)]
-            padding = [[0, 0]] * len(tensor.shape)
-            padding[axis] = [0, length - current]
-            return ops.pad(tensor, padding)
-
-        return {key: keras.tree.map_structure(lambda t, a=axes[key]: fit(t, a), value)
+        return {key: keras.tree.map_structure(lambda t, a=axes[key]: fit_axis(t, a, length),
+                                              value)
                 if key in axes else value for key, value in state.items()}
 
     def gather(self, state, indices):
