@@ -13,8 +13,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 if [ "$#" -gt 0 ]; then
     exec "$PY" -m pytest -q -n "${KT_TEST_WORKERS:-2}" "$@"
 fi
-"$PY" -m pytest -q -n "${KT_TEST_WORKERS:-2}" -m "not slow"
+# --durations: the slowest tests, printed at the end (where CI time goes).
+"$PY" -m pytest -q -n "${KT_TEST_WORKERS:-2}" -m "not slow" --durations=15
 echo "--- the backend-neutral tests under JAX ---"
 # (tests/conftest.py collects only the modules marked backend_neutral.)
 KERAS_BACKEND=jax JAX_PLATFORMS=cpu exec "$PY" -m pytest -q -n "${KT_TEST_WORKERS:-2}" \
-    -m "not slow"
+    -m "not slow" --durations=10

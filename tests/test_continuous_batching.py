@@ -46,8 +46,9 @@ def _alone(model, prompt, decoding):
     return new[:new.index(END)] if END in new else new
 
 
-def _run(model, requests, num_slots=2, **kwargs):
-    batcher = ContinuousBatcher(SlotDecoder(model, MAX_LENGTH), num_slots, **kwargs)
+def _run(model, requests, num_slots=2, steps_per_call=8, **kwargs):
+    batcher = ContinuousBatcher(SlotDecoder(model, MAX_LENGTH, steps_per_call=steps_per_call),
+                                num_slots, **kwargs)
     try:
         handles = [batcher.submit(request) for request in requests]
         return [handle.result(timeout=300) for handle in handles], batcher
@@ -55,9 +56,11 @@ def _run(model, requests, num_slots=2, **kwargs):
         batcher.close()
 
 
-def test_greedy_requests_admitted_between_steps_equal_each_search_alone(model):
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_greedy_requests_admitted_between_steps_equal_each_search_alone(model, steps_per_call):
+    # 3 tokens per call: budgets of 5, 9, 12, 17 and 20 tokens end inside a call.
     requests = [GenerationRequest(p, max_new_tokens=n) for p, n in zip(PROMPTS, NEW_TOKENS)]
-    results, batcher = _run(model, requests, num_slots=2)
+    results, batcher = _run(model, requests, num_slots=2, steps_per_call=steps_per_call)
     outputs = []
     for prompt, new_tokens, result in zip(PROMPTS, NEW_TOKENS, results):
         expected = _alone(model, prompt, DecodingConfig("greedy"))
@@ -70,8 +73,8 @@ def test_greedy_requests_admitted_between_steps_equal_each_search_alone(model):
             assert result.finish_reason == "end"
         outputs.append(result.token_ids)
     assert len({tuple(o) for o in outputs}) > 2, "the model's outputs should vary"
-    # Five requests through two slots: fewer steps than one after another.
-    assert batcher.steps < sum(len(r.token_ids) + 1 for r in results)
+    # Five requests through two slots: fewer calls than one after another.
+    assert batcher.steps < sum(-(-(len(r.token_ids) + 1) // steps_per_call) for r in results)
 
 
 def test_sampled_requests_draw_what_each_search_alone_draws(model):
@@ -124,6 +127,38 @@ def test_a_cancelled_request_frees_its_slot(model):
         assert first.result(timeout=300).finish_reason == "cancelled"
         assert len(first.result().token_ids) <= 2  # cancelled during token 1, seen at step 2
         assert len(second.result(timeout=300).token_ids) <= 3
+    finally:
+        batcher.close()
+
+
+class _FailingDecoder:
+    """A decoder whose step fails (a backend error inside a compiled call)."""
+
+    max_length, lengths, steps_per_call = 8, [8], 1
+    special_ids = None
+
+    def initial_pool(self, rows, length):
+        return {}
+
+    def resize(self, pool, rows, length):
+        return pool
+
+    def prefill(self, pool, slot, prompt_ids):
+        return pool
+
+    def step(self, pool, tokens, positions, settings):
+        raise RuntimeError("the step failed")
+
+
+def test_a_batcher_whose_thread_failed_refuses_new_requests():
+    batcher = ContinuousBatcher(_FailingDecoder(), 2, end_id=3)
+    try:
+        handle = batcher.submit(GenerationRequest([4], max_new_tokens=2))
+        with pytest.raises(RuntimeError, match="the step failed"):
+            handle.result(timeout=60)
+        batcher._thread.join(60)
+        with pytest.raises(RuntimeError, match="stopped on an error.*the step failed"):
+            batcher.submit(GenerationRequest([4], max_new_tokens=2))
     finally:
         batcher.close()
 

@@ -59,6 +59,10 @@ class SavedSlotDecoder:
         self.max_length = int(config["max_length"])
         self.lengths = [int(length) for length in config["lengths"]]
         self.special_ids = SpecialIds(pad=int(config["pad_id"]), end=int(config["end_id"]))
+        # SavedModels exported before `steps` existed step one token per call.
+        self.steps_per_call = int(config.get("steps_per_call", 1))
+        if not hasattr(slots, "steps"):
+            self.steps_per_call = 1
 
     def initial_pool(self, num_slots, length=None):
         return self.slots.initial_pool(tf.constant(num_slots, tf.int32),
@@ -82,6 +86,16 @@ class SavedSlotDecoder:
         outputs = self.slots.step(pool, tf.constant(tokens), tf.constant(positions),
                                   tf.constant(greedy), tf.constant(temperature),
                                   tf.constant(top_k), tf.constant(top_p), tf.constant(seed))
+        return outputs["pool"], outputs["ids"].numpy(), outputs["log_probs"].numpy()
+
+    def steps(self, pool, tokens, positions, budgets, settings):
+        if not hasattr(self.slots, "steps"):
+            raise AttributeError("This SavedModel has no `steps` function: use `step`.")
+        greedy, temperature, top_k, top_p, seed = settings.arrays()
+        outputs = self.slots.steps(pool, tf.constant(tokens), tf.constant(positions),
+                                   tf.constant(budgets), tf.constant(greedy),
+                                   tf.constant(temperature), tf.constant(top_k),
+                                   tf.constant(top_p), tf.constant(seed))
         return outputs["pool"], outputs["ids"].numpy(), outputs["log_probs"].numpy()
 
     def detokenize(self, rows):
@@ -125,7 +139,7 @@ class GenerationService:
         self.warm_up()
 
     def warm_up(self):
-        """XLA compiles the step at every pool shape (rows × length), and the
+        """XLA compiles the step (or steps) at every pool shape (rows × length), and the
         shortest prompts' prefill, before the first client waits for them."""
         from keras_transformer.generation.slots import SlotSettings
 
@@ -133,7 +147,10 @@ class GenerationService:
             zeros = np.zeros(rows, "int32")
             for length in self.decoder.lengths:
                 pool = self.decoder.initial_pool(rows, length)
-                self.decoder.step(pool, zeros, zeros, SlotSettings.empty(rows))
+                if self.decoder.steps_per_call > 1:
+                    self.decoder.steps(pool, zeros, zeros, zeros, SlotSettings.empty(rows))
+                else:
+                    self.decoder.step(pool, zeros, zeros, SlotSettings.empty(rows))
         handle = self.batcher.submit(GenerationRequest([self.decoder.special_ids.pad],
                                                        max_new_tokens=1))
         handle.result()
@@ -218,6 +235,8 @@ class GenerationService:
             handle = self.batcher.submit(request)
         except ValueError as error:
             raise RequestError(400, str(error)) from None
+        except RuntimeError as error:  # the batcher's thread stopped on an error
+            raise RequestError(503, f"The generation loop has stopped: {error}") from None
         except queue.Full:
             raise RequestError(503, "The server is busy: every slot is taken and the waiting "
                                     "queue is full. Retry shortly.",

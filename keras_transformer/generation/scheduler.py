@@ -6,10 +6,19 @@ thread of its own:
 
 1. admit waiting requests into free slots (each prompt prefilled into its
    slot);
-2. run one step for every slot;
-3. hand each request its new token, and retire the finished ones: the end
+2. run one call of the decoder for every slot: `steps`, up to the
+   decoder's `steps_per_call` tokens per slot in one compiled loop (each
+   slot stops at its end id or its budget of tokens), or `step`, one token,
+   for a decoder without it;
+3. hand each request its new tokens, and retire the finished ones: the end
    id, `max_new_tokens`, the slot's last position, a stop string, or a
    cancelled request (a client that went away).
+
+Several tokens per call pay the call's fixed cost (its launch, the pool
+passed in and out) once for all of them, as multi-step scheduling does in
+vLLM; the price is that a new request waits for the call in progress (up to
+`steps_per_call` steps) before it is admitted, and that a stop string or a
+cancellation is seen after the call (the tokens made past it are dropped).
 
 A request never waits for another to finish, unlike whole-request batching,
 where a batch is done when its longest row is.
@@ -33,6 +42,7 @@ completes it, and so is an end of the text that a stop string may begin.
 """
 
 import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -40,6 +50,8 @@ import time
 import numpy as np
 
 from keras_transformer.generation.slots import SlotSettings
+
+log = logging.getLogger(__name__)
 
 # Prompt tokens read before the new ones when detokenizing (see the module docstring).
 CONTEXT_TOKENS = 4
@@ -197,9 +209,11 @@ class ContinuousBatcher:
         self._settings = SlotSettings.empty(self.num_slots)
         self._wake = threading.Condition()
         self._closed = False
+        self._failure = None  # the error that stopped the thread
         self._pool = None
         self._length = None  # the positions the pool holds now
-        self.steps = 0
+        self.steps = 0  # decoder calls so far
+        self.steps_per_call = int(getattr(decoder, "steps_per_call", 1))
         self._thread = threading.Thread(target=self._run, name="continuous-batcher",
                                         daemon=True)
         self._thread.start()
@@ -212,9 +226,13 @@ class ContinuousBatcher:
                 shorter than `max_length`), or the batcher cannot honour
                 `stop` (no `detokenize`).
             queue.Full: `max_waiting` requests are already waiting.
-            RuntimeError: the batcher was closed.
+            RuntimeError: the batcher was closed, or its thread stopped on an
+                error.
         """
         if self._closed:
+            if self._failure is not None:
+                raise RuntimeError("The batcher's thread stopped on an error: "
+                                   f"{self._failure!r}")
             raise RuntimeError("The batcher is closed.")
         if len(request.prompt_ids) >= self.max_length:
             raise ValueError(
@@ -258,8 +276,12 @@ class ContinuousBatcher:
                 if any(self._slots):
                     self._step()
         except Exception as error:  # noqa: BLE001: handed to every request
+            self._failure = error
+            self._closed = True  # `submit` refuses what no thread would serve
+            log.exception("The continuous batcher stopped on an error; its requests get it, "
+                          "and new ones are refused.")
             self._fail_all(error)
-            raise
+            return
         self._fail_all(None)
 
     def _fail_all(self, error):
@@ -338,50 +360,95 @@ class ContinuousBatcher:
                 values[hole] = values[source]
             self._settings.set(source, greedy=True)
 
+    def _budgets(self, rows):
+        """`(rows,)` the most tokens each slot may still make: its
+        `max_new_tokens` left and its positions left (0 for a free slot)."""
+        budgets = np.zeros(rows, "int32")
+        for slot, handle in enumerate(self._slots[:rows]):
+            if handle is not None:
+                budgets[slot] = min(handle.request.max_new_tokens - len(handle.token_ids),
+                                    self.max_length - 1 - int(self._positions[slot]))
+        return budgets
+
     def _step(self):
-        self._fit(self.active)
+        """One call of the decoder (`steps_per_call` tokens per slot at most),
+        then each slot's new tokens handed over in order."""
+        count = self.active
+        budgets = self._budgets(count)
+        ahead = np.minimum(budgets, self.steps_per_call)
+        self._fit(count, needed=int(np.max(self._positions[:count] + ahead)))
         rows = self._rows
-        self._pool, ids, log_probs = self.decoder.step(
-            self._pool, self._tokens[:rows], self._positions[:rows],
-            self._settings.rows(rows))
+        budgets = np.pad(budgets, (0, rows - count))
+        settings = self._settings.rows(rows)
+        if self.steps_per_call > 1:
+            self._pool, ids, log_probs = self.decoder.steps(
+                self._pool, self._tokens[:rows], self._positions[:rows], budgets, settings)
+        else:
+            self._pool, ids, log_probs = self.decoder.step(
+                self._pool, self._tokens[:rows], self._positions[:rows], settings)
+            ids, log_probs = ids[:, None], log_probs[:, None]
         self.steps += 1
         now = time.perf_counter()
-        fresh = []  # the slots with a new token
+        made = {}  # slot → its new tokens, up to and with an end id
         for slot, handle in enumerate(self._slots[:rows]):
             if handle is None:
                 continue
-            token = int(ids[slot])
-            handle.log_prob += float(log_probs[slot])
-            if handle.first_token_at is None:
-                handle.first_token_at = now
-            if token == self.end_id:
-                self._retire(slot, "end")
-                continue
-            handle.token_ids.append(token)
-            self._tokens[slot] = token
-            self._positions[slot] += 1
-            fresh.append(slot)
-        reading = [slot for slot in fresh if self.detokenize is not None
-                   and (self._slots[slot].request.stop or self._slots[slot].request.on_token)]
-        if reading:
-            texts = self.detokenize([self._slots[slot].context + self._slots[slot].token_ids
-                                     for slot in reading])
-            for slot, text in zip(reading, texts):
-                self._slots[slot].text = _after(text, self._slots[slot].context_text)
-        for slot in fresh:
+            tokens = [int(token) for token in ids[slot, :ahead[slot]]]
+            if self.end_id in tokens:
+                tokens = tokens[:tokens.index(self.end_id) + 1]
+            made[slot] = tokens
+        texts = self._texts(made)
+        for slot, tokens in made.items():
             handle = self._slots[slot]
             request = handle.request
-            reason = _stop(handle) if slot in reading else None
-            if reason is None and handle.cancelled.is_set():
-                reason = "cancelled"
-            elif reason is None and (len(handle.token_ids) >= request.max_new_tokens
-                                     or self._positions[slot] >= self.max_length - 1):
-                reason = "length"
-            if request.on_token is not None:
-                request.on_token(handle.token_ids[-1], self._unsent(handle, reason is not None))
-            if reason is not None:
-                self._retire(slot, reason)
+            if handle.first_token_at is None:
+                handle.first_token_at = now
+            for index, token in enumerate(tokens):
+                handle.log_prob += float(log_probs[slot, index])
+                if token == self.end_id:
+                    self._retire(slot, "end")
+                    break
+                handle.token_ids.append(token)
+                self._tokens[slot] = token
+                self._positions[slot] += 1
+                reason = None
+                if slot in texts:
+                    handle.text = _after(texts[slot][index], handle.context_text)
+                    reason = _stop(handle)
+                if reason is None and handle.cancelled.is_set():
+                    reason = "cancelled"
+                elif reason is None and (len(handle.token_ids) >= request.max_new_tokens
+                                         or self._positions[slot] >= self.max_length - 1):
+                    reason = "length"
+                if request.on_token is not None:
+                    request.on_token(token, self._unsent(handle, reason is not None))
+                if reason is not None:
+                    self._retire(slot, reason)
+                    break
         self._compact()
+
+    def _texts(self, made):
+        """slot → the text after each of its new tokens (one `detokenize`
+        call for every slot whose request reads text: stop strings, a
+        stream)."""
+        if self.detokenize is None:
+            return {}
+        reading = [slot for slot, tokens in made.items()
+                   if self._slots[slot].request.stop or self._slots[slot].request.on_token]
+        rows, owners = [], []
+        for slot in reading:
+            handle = self._slots[slot]
+            ids = handle.context + handle.token_ids
+            for token in made[slot]:
+                if token == self.end_id:
+                    break
+                ids = ids + [token]
+                rows.append(ids)
+                owners.append(slot)
+        texts = {slot: [] for slot in reading}
+        for slot, text in zip(owners, self.detokenize(rows) if rows else []):
+            texts[slot].append(text)
+        return texts
 
     def _unsent(self, handle, final):
         """The text added since the last call ("" without `detokenize`). Unless

@@ -15,12 +15,16 @@ their own: the pool of cache slots is passed in and returned.
   (`SlotDecoder.prefill_function`), and `insert(pool, slot, row)` → the pool
   with it in row `slot`;
 - `step(pool, tokens, positions, greedy, temperature, top_k, top_p, seed)`
-  → `{"pool", "ids", "log_probs"}` (`SlotDecoder.step_function`);
+  → `{"pool", "ids", "log_probs"}` (`SlotDecoder.step_function`), and
+  `steps(pool, tokens, positions, budgets, greedy, …, seed)`, up to
+  `steps_per_call` of them in one call (`SlotDecoder.steps_function`: what
+  the server runs);
 - `tokenize(prompt (B,))` → `{"ids" (B, max_length - 1), "lengths" (B,)}`,
   the prompts as `generate` reads them;
 - `detokenize(ids (B, L))` → `(B,)` strings, the special ids left out;
-- `config()` → `max_length`, the pool `lengths`, the end and padding ids,
-  and the exported decoding's settings (the defaults of a request).
+- `config()` → `max_length`, the pool `lengths`, `steps_per_call`, the end
+  and padding ids, and the exported decoding's settings (the defaults of a
+  request).
 """
 
 import tensorflow as tf
@@ -41,13 +45,14 @@ class SlotModule(tf.Module):
         max_length: int, positions of a slot (the generator's `max_length`).
         special_ids: the generator's `SpecialIds`.
         decoding: the generator's `DecodingConfig` (the request defaults).
+        steps_per_call: int, the most tokens per row of one `steps` call.
     """
 
     def __init__(self, model, tokenize, detokenize, max_length, special_ids, decoding,
-                 name="slots"):
+                 steps_per_call=8, name="slots"):
         super().__init__(name=name)
         self._decoder = SlotDecoder(model, max_length, special_ids=special_ids,
-                                    compile=False)
+                                    compile=False, steps_per_call=steps_per_call)
         self._tokenize, self._detokenize = tokenize, detokenize
         self._special_ids = special_ids
         self._max_length = int(max_length)
@@ -66,14 +71,17 @@ class SlotModule(tf.Module):
         self.prefill = tf.function(
             self._decoder.prefill_function, jit_compile=True,
             input_signature=[tf.TensorSpec([1, None], tf.int32, name="prompt_ids")])
+        settings = [tf.TensorSpec([None], dtype, name=name) for name, dtype in (
+            ("greedy", tf.bool), ("temperature", tf.float32), ("top_k", tf.int32),
+            ("top_p", tf.float32), ("seed", tf.int32))]
+        per_row = lambda name: tf.TensorSpec([None], tf.int32, name=name)  # noqa: E731
         self.step = tf.function(
             self._step, jit_compile=True,
-            input_signature=[pool_spec] + [tf.TensorSpec([None], dtype, name=name)
-                                           for name, dtype in (
-                                               ("tokens", tf.int32), ("positions", tf.int32),
-                                               ("greedy", tf.bool), ("temperature", tf.float32),
-                                               ("top_k", tf.int32), ("top_p", tf.float32),
-                                               ("seed", tf.int32))])
+            input_signature=[pool_spec, per_row("tokens"), per_row("positions"), *settings])
+        self.steps = tf.function(
+            self._steps, jit_compile=True,
+            input_signature=[pool_spec, per_row("tokens"), per_row("positions"),
+                             per_row("budgets"), *settings])
 
     def _pool_spec(self, example):
         """The pool's specs: any number of slots, any length on the position axes."""
@@ -123,6 +131,10 @@ class SlotModule(tf.Module):
         pool, ids, log_probs = self._decoder.step_function(pool, *args)
         return {"pool": pool, "ids": ids, "log_probs": log_probs}
 
+    def _steps(self, pool, *args):
+        pool, ids, log_probs = self._decoder.steps_function(pool, *args)
+        return {"pool": pool, "ids": ids, "log_probs": log_probs}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt")])
     def tokenize(self, prompt):
         ids, lengths = self._tokenize(prompt)
@@ -137,6 +149,7 @@ class SlotModule(tf.Module):
         decoding = self._decoding
         return {"max_length": tf.constant(self._max_length, tf.int32),
                 "lengths": tf.constant(self._decoder.lengths, tf.int32),
+                "steps_per_call": tf.constant(self._decoder.steps_per_call, tf.int32),
                 "end_id": tf.constant(self._special_ids.end, tf.int32),
                 "pad_id": tf.constant(self._special_ids.pad, tf.int32),
                 "strategy": tf.constant(STRATEGY_IDS[decoding.strategy], tf.int32),

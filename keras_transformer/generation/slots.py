@@ -13,7 +13,12 @@ mix of requests (continuous batching, as Orca and vLLM schedule it):
 - `step(pool, tokens, positions, settings)`: one token per slot `(N,)`, each
   at its own position `(N,)` (the layers' per-row `index`), → the next
   token of every slot, greedy or sampled with the slot's own temperature,
-  top-k, top-p and seed.
+  top-k, top-p and seed;
+- `steps(pool, tokens, positions, budgets, settings)`: up to
+  `steps_per_call` such steps in one compiled loop, each row stopping at
+  its end id or after `budgets[row]` tokens, → `(N, steps_per_call)` ids.
+  A call has a fixed cost (its launch, the pool passed in and out) that one
+  token per call pays every token; this pays it once per `steps_per_call`.
 
 A slot whose prompt was prefilled is stepped first with its prompt's last
 token at its last position (rewriting that position with the same keys and
@@ -112,14 +117,17 @@ class SlotDecoder:
             else the package's): the ids never chosen (`suppressed`).
         fallback: where special ids come from when the model names none (a
             tokenizer).
-        compile: bool, compile both functions with XLA (TensorFlow, JAX).
+        compile: bool, compile the functions with XLA (TensorFlow, JAX).
+        steps_per_call: int ≥ 1, the most tokens `steps` makes per row in
+            one call.
 
     Raises:
         ValueError: the model takes a scalar `index` only (serve it with
             whole-request batching), or `max_length` is out of range.
     """
 
-    def __init__(self, model, max_length, special_ids=None, fallback=None, compile=True):
+    def __init__(self, model, max_length, special_ids=None, fallback=None, compile=True,
+                 steps_per_call=8):
         self.model = model
         self.stepper = CausalLMStepper(model)
         if not self.stepper.traits.per_row_index:
@@ -138,7 +146,11 @@ class SlotDecoder:
         self.special_ids = special_ids_of(special_ids if special_ids is not None
                                           else fallback, DEFAULT_SPECIAL_IDS)
         self._prefill = compile_for_backend(self.prefill_function, model, compile)
+        if steps_per_call < 1:
+            raise ValueError(f"`steps_per_call` must be >= 1. Received: {steps_per_call}")
+        self.steps_per_call = int(steps_per_call)
         self._step = compile_for_backend(self.step_function, model, compile)
+        self._steps = compile_for_backend(self.steps_function, model, compile)
 
     @property
     def lengths(self):
@@ -214,11 +226,64 @@ class SlotDecoder:
         gained = ops.take_along_axis(log_probs, chosen[:, None], axis=1)[:, 0]
         return pool, chosen, gained
 
+    def steps_function(self, pool, tokens, positions, budgets, greedy, temperature, top_k,
+                       top_p, seed):
+        """Up to `steps_per_call` steps of every slot in one call (an XLA
+        loop), so that the call's fixed cost (launching it, the pool passed
+        in and out) is paid once for several tokens.
+
+        Each row makes at most `budgets[row]` tokens (`(N,)` int32; 0 for a
+        free row) and stops after the end id; a stopped row is frozen (its
+        last token rewritten at its last position, the same keys and
+        values), so it writes no position past its budget. The loop ends
+        when every row has stopped or after `steps_per_call` steps. Returns
+        `(pool, ids (N, steps_per_call) int32, log_probs (N, steps_per_call)
+        float32)`: row `r`'s tokens in order, the first
+        `min(budgets[r], steps_per_call)` of them up to the first end id
+        meaningful (the caller reads as far as its own rules allow).
+        """
+        count = self.steps_per_call
+        tokens = ops.cast(tokens, "int32")
+        positions = ops.cast(positions, "int32")
+        budgets = ops.cast(budgets, "int32")
+        rows = ops.shape(tokens)[0]
+        columns = ops.arange(count, dtype="int32")[None, :]
+        end = self.special_ids.end
+
+        def cond(i, pool, tokens, positions, done, ids, gains):
+            return ops.logical_and(i < count, ops.logical_not(ops.all(done)))
+
+        def body(i, pool, tokens, positions, done, ids, gains):
+            pool, chosen, gained = self.step_function(pool, tokens, positions, greedy,
+                                                      temperature, top_k, top_p, seed)
+            here = columns == i
+            ids = ops.where(here, chosen[:, None], ids)
+            gains = ops.where(here, gained[:, None], gains)
+            tokens = ops.where(done, tokens, chosen)
+            positions = ops.where(done, positions, positions + 1)
+            done = done | (chosen == end) | (i + 1 >= budgets)
+            return i + 1, pool, tokens, positions, done, ids, gains
+
+        loop_vars = (ops.convert_to_tensor(0, "int32"), pool, tokens, positions, budgets <= 0,
+                     ops.zeros((rows, count), "int32"), ops.zeros((rows, count), "float32"))
+        _, pool, _, _, _, ids, gains = ops.while_loop(cond, body, loop_vars,
+                                                      maximum_iterations=count)
+        return pool, ids, gains
+
     def prefill(self, pool, slot, prompt_ids):
         """`prefill_function`, compiled, then `insert` into row `slot`:
         `prompt_ids` a sequence of ints."""
         prompt_ids = np.asarray(prompt_ids, "int32").reshape(1, -1)
         return self.insert(pool, slot, self._prefill(prompt_ids))
+
+    def steps(self, pool, tokens, positions, budgets, settings):
+        """`steps_function`, compiled; `settings` a `SlotSettings`. Returns
+        `(pool, ids, log_probs)`, the last two as NumPy arrays
+        `(N, steps_per_call)`."""
+        pool, ids, gained = self._steps(pool, np.asarray(tokens, "int32"),
+                                        np.asarray(positions, "int32"),
+                                        np.asarray(budgets, "int32"), *settings.arrays())
+        return pool, ops.convert_to_numpy(ids), ops.convert_to_numpy(gained)
 
     def step(self, pool, tokens, positions, settings):
         """`step_function`, compiled; `settings` a `SlotSettings`. Returns
