@@ -54,3 +54,35 @@ def test_the_text_generator_sampling_attributes(tmp_path):
     for name, value in (("temperature", 0.7), ("top_k", 5), ("top_p", 0.9)):
         with pytest.warns(DeprecationWarning, match=rf"TextGenerator\.decoding\.{name}"):
             assert getattr(generator, name) == pytest.approx(value)
+
+
+class _Model:
+    """What the `http.server` handler calls on a `ModelServer`."""
+
+    def predict(self, name, version, body):
+        return {"predictions": [name, version, len(body)]}
+
+    def status(self, name, version):
+        return {"model": name, "version": version}
+
+
+def test_the_http_server_front_end_still_serves_and_names_its_replacement():
+    import threading
+
+    from keras_transformer.export import server
+    from tests.helpers import request
+
+    with pytest.warns(DeprecationWarning, match=r"http_app\.HTTPServer"):
+        handler = server.make_handler(_Model(), max_body_bytes=64)
+    httpd = server.ModelHTTPServer(("127.0.0.1", 0), handler, max_connections=4)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1/models/m"
+    try:
+        assert request(url + "/versions/2:predict", b"{}") == (200, {"predictions": ["m", "2", 2]})
+        assert request(url) == (200, {"model": "m", "version": None})
+        status, answer = request(url + ":predict", b"x" * 65)
+        assert status == 413 and "limit is 64 bytes" in answer["error"]
+        assert request(url + ":nothing", b"{}")[0] == 404
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

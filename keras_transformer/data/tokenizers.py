@@ -106,11 +106,26 @@ def decode(tokenizer, ids):
     return texts
 
 
-def _is_preset_tokenizer(tokenizer):
-    """A keras-hub model's tokenizer (GPT-2's, Llama's, ...), saved as a preset."""
+def is_preset_tokenizer(tokenizer):
+    """Whether `tokenizer` is a keras-hub model's tokenizer (GPT-2's, Llama's,
+    ...), which `save_tokenizer` saves in keras-hub's preset layout."""
     keras_hub = _keras_hub()
     plain = (keras_hub.tokenizers.BytePairTokenizer, keras_hub.tokenizers.WordPieceTokenizer)
     return type(tokenizer) not in plain and callable(getattr(tokenizer, "save_assets", None))
+
+
+_is_preset_tokenizer = is_preset_tokenizer  # the former private name
+
+
+def character_tokenizer(vocabulary_size=128):
+    """keras-hub's `UnicodeCodepointTokenizer` as the character-level LM reads
+    text: one id per code point, case kept, ids at or over
+    `vocabulary_size - 1` mapped to that last id (the replacement)."""
+    keras_hub = _keras_hub()
+    return keras_hub.tokenizers.UnicodeCodepointTokenizer(
+        vocabulary_size=vocabulary_size, replacement_char=vocabulary_size - 1,
+        lowercase=False,  # keras-hub lowercases by default; case is part of the task
+    )
 
 
 def ready_for_graphs(tokenizer):
@@ -151,7 +166,7 @@ def save_tokenizer(tokenizer, directory):
         with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
             json.dump({"type": "codepoint", **options}, f)
         return
-    if _is_preset_tokenizer(tokenizer):
+    if is_preset_tokenizer(tokenizer):
         tokenizer.save_to_preset(directory)
         return
     if isinstance(tokenizer, keras_hub.tokenizers.BytePairTokenizer):

@@ -238,9 +238,8 @@ class GenerationService:
         except RuntimeError as error:  # the batcher's thread stopped on an error
             raise RequestError(503, f"The generation loop has stopped: {error}") from None
         except queue.Full:
-            raise RequestError(503, "The server is busy: every slot is taken and the waiting "
-                                    "queue is full. Retry shortly.",
-                               {"Retry-After": "1"}) from None
+            raise RequestError.busy("every slot is taken and the waiting queue is "
+                                    "full.") from None
         handle.prompt_text = self.decoder.detokenize([ids])[0]
         return handle
 

@@ -38,7 +38,7 @@ Limits, each answered rather than a reset connection:
   body is read and on a chunked body as it arrives; a POST with neither
   header: 411; a `Content-Length` that is not a non-negative integer, or
   any request the HTTP parser rejects: 400 with `{"error": "..."}` (uvicorn
-  says so in plain text; `_json_400_protocol` makes it JSON);
+  says so in plain text; `_uvicorn_compat.json_400_protocol` makes it JSON);
 - JSON nested too deeply, and every other bad request: 4xx with
   `{"error": "..."}` (`ModelServer`).
 
@@ -54,6 +54,12 @@ import socket
 import threading
 
 from keras_transformer._optional import require
+from keras_transformer.export._uvicorn_compat import json_400_protocol, open_connections
+from keras_transformer.export.event_stream import (
+    EventStream,
+    generation_answer,
+    stream_generation,
+)
 
 _REQUIRED = ("starlette", "uvicorn", "anyio")
 
@@ -70,6 +76,11 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.headers = headers or {}
+
+    @classmethod
+    def busy(cls, message):
+        """503 with `Retry-After: 1`: a full queue, which the client may retry."""
+        return cls(503, f"The server is busy: {message} Retry shortly.", {"Retry-After": "1"})
 
 
 def read_json_object(body, expected):
@@ -221,9 +232,11 @@ def make_app(model_server, *, max_body_bytes=8 * 1024 * 1024, max_connections=10
             if fields is None:  # beam search, or no step functions: the whole search
                 answer_ = await in_thread(model_server.whole_search)(prompt)
                 if stream:
-                    return _EventStream(None, [("done", answer_)])
+                    return EventStream(None, [("done", answer_)])
                 return _json_response(200, answer_)
-            return await _generate_steps(service, prompt, fields, stream)
+            if stream:
+                return stream_generation(service, prompt, fields)
+            return _json_response(200, await generation_answer(service, prompt, fields))
         except Exception as error:  # noqa: BLE001 (the server keeps serving)
             return _error_response(request, error)
 
@@ -273,96 +286,6 @@ def _error_response(request, error):
                  f"{request.url.path}: {type(error).__name__}: {error}"})
 
 
-async def _generate_steps(service, prompt, fields, stream):
-    """A request through the continuous batcher: the JSON answer once it is
-    done, or (`stream`) server-sent events as its tokens come."""
-    loop = asyncio.get_running_loop()
-    events = asyncio.Queue()
-
-    def push(kind, value):  # on the batcher's thread
-        try:
-            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-        except RuntimeError:  # the loop has closed: nobody listens any more
-            pass
-
-    on_token = (lambda token, text: push("token", {"token_id": token, "text": text})
-                ) if stream else None
-    handle = service.submit(prompt, fields, on_token=on_token)
-    handle.add_done_callback(lambda done: push("done", done))
-    if stream:
-        return _EventStream(handle, _token_events(events, service))
-    try:
-        while True:
-            kind, value = await events.get()
-            if kind == "done":
-                return _json_response(200, service.answer(value))
-    finally:
-        handle.cancel()  # a no-op once done; frees the slot if the client left
-
-
-async def _token_events(events, service):
-    """`("token", {"token_id", "text"})` per new token, with the text that
-    token added, then `("done", answer)`."""
-    while True:
-        kind, value = await events.get()
-        if kind == "done":
-            yield "done", service.answer(value)
-            return
-        yield kind, value
-
-
-class _EventStream:
-    """An ASGI response of server-sent events (`text/event-stream`): one
-    `event: <kind>` / `data: <JSON>` block per event of `events` (an async
-    iterator or a list). A client that disconnects cancels `handle`, which
-    frees its slot at the next step."""
-
-    def __init__(self, handle, events):
-        self.handle, self.events = handle, events
-
-    async def __call__(self, scope, receive, send):
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
-                                (b"cache-control", b"no-cache")]})
-        events = self.events
-        if isinstance(events, list):
-            events = _as_async(events)
-        disconnect = asyncio.ensure_future(_disconnected(receive))
-        try:
-            iterator = events.__aiter__()
-            while True:
-                following = asyncio.ensure_future(iterator.__anext__())
-                await asyncio.wait([following, disconnect],
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if not following.done():  # the client went away
-                    following.cancel()
-                    return
-                try:
-                    kind, payload = following.result()
-                except StopAsyncIteration:
-                    break
-                data = json.dumps(payload, ensure_ascii=False)
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": f"event: {kind}\ndata: {data}\n\n".encode("utf-8")})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:  # the connection broke while sending
-            return
-        finally:
-            disconnect.cancel()
-            if self.handle is not None:
-                self.handle.cancel()
-
-
-async def _disconnected(receive):
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _as_async(items):
-    for item in items:
-        yield item
-
-
 class _ConnectionBound:
     """ASGI middleware: a request on connection number `max_connections + 1`
     (or later) is answered 503 with `Retry-After` and the connection closed."""
@@ -379,31 +302,6 @@ class _ConnectionBound:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-_MALFORMED = json.dumps({
-    "error": "Malformed HTTP request: the HTTP parser rejected it (a Content-Length that is "
-             "not a non-negative integer, a bad request or header line, ...)."}).encode()
-
-
-def _json_400_protocol():
-    """uvicorn's httptools protocol, answering what its parser rejects with
-    JSON like every other error (uvicorn answers plain text); uvicorn's
-    default protocol if its internals have moved."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-    except ImportError:  # httptools missing, or uvicorn reorganized: plain-text 400s
-        return "auto"
-
-    class JSON400Protocol(HttpToolsProtocol):
-        def send_400_response(self, msg):
-            self.transport.write(b"".join([
-                STATUS_LINE[400], b"content-type: application/json\r\n",
-                b"content-length: %d\r\n" % len(_MALFORMED), b"connection: close\r\n\r\n",
-                _MALFORMED]))
-            self.transport.close()
-
-    return JSON400Protocol
 
 
 class HTTPServer:
@@ -432,8 +330,8 @@ class HTTPServer:
         self.server_address = self.socket.getsockname()[:2]
         app = make_app(model_server, max_body_bytes=max_body_bytes,
                        max_connections=max_connections,
-                       open_connections=lambda: len(self.server.server_state.connections))
-        config = uvicorn.Config(app, http=_json_400_protocol(), lifespan="off",
+                       open_connections=lambda: len(open_connections(self.server)))
+        config = uvicorn.Config(app, http=json_400_protocol(), lifespan="off",
                                 access_log=False, log_level="error",
                                 timeout_keep_alive=idle_timeout, backlog=max_connections,
                                 timeout_graceful_shutdown=drain_timeout)
@@ -469,7 +367,7 @@ class HTTPServer:
     def connection_sockets(self):
         """The sockets of the open connections (for tests: TCP_NODELAY)."""
         sockets = []
-        for protocol in list(self.server.server_state.connections):
+        for protocol in open_connections(self.server):
             transport = getattr(protocol, "transport", None)
             sock = transport.get_extra_info("socket") if transport else None
             if sock is not None:

@@ -96,7 +96,7 @@ def _vocabulary_assets(module, staging):
         if isinstance(tokenizer, (keras_hub.tokenizers.WordPieceTokenizer,
                                   keras_hub.tokenizers.BytePairTokenizer,
                                   keras_hub.tokenizers.UnicodeCodepointTokenizer)) \
-                or tk._is_preset_tokenizer(tokenizer):
+                or tk.is_preset_tokenizer(tokenizer):
             tk.save_tokenizer(tokenizer, directory)
         else:  # a tokenizer of another kind: its configuration
             os.makedirs(directory, exist_ok=True)

@@ -245,9 +245,7 @@ def load_language_model_run(run_dir):
     if os.path.isdir(os.path.join(run_dir, RUN_TOKENIZER)):
         tokenizer = tk.load_tokenizer(os.path.join(run_dir, RUN_TOKENIZER))
     else:
-        from keras_transformer.recipes.char_lm import character_tokenizer
-
-        tokenizer = character_tokenizer(config.get("vocab_size", 128))
+        tokenizer = tk.character_tokenizer(config.get("vocab_size", 128))
     return model, tokenizer, config
 
 

@@ -47,7 +47,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer._optional import require
 from keras_transformer.data import datasets, pipelines
 from keras_transformer.data import tokenizers as tk
 from keras_transformer.data.special_tokens import special_ids_of
@@ -82,12 +81,7 @@ SMOKE_TEXT = (
 # point; with `vocabulary_size=128` anything beyond ASCII becomes one
 # replacement id. Shakespeare's text is ASCII, so the 128 ids hold all of it.
 # Id 0 (NUL) never occurs in text and is the padding id the loss ignores.
-def character_tokenizer(vocabulary_size=128):
-    keras_hub = require("keras_hub", "data", "The character tokenizer")
-    return keras_hub.tokenizers.UnicodeCodepointTokenizer(
-        vocabulary_size=vocabulary_size, replacement_char=vocabulary_size - 1,
-        lowercase=False,  # keras-hub lowercases by default; case is part of the task
-    )
+character_tokenizer = tk.character_tokenizer  # the tokenizer moved to data.tokenizers
 
 
 def encode(tokenizer, text):
