@@ -15,7 +15,9 @@ runs in a subprocess, one of three ways:
   batching, Orca's baseline): each request stops at its own length, and the
   batch is done when its longest request is;
 - `continuous`: `:generate`, new requests join the running batch at the
-  next step.
+  next step, short requests in a pool apart from long ones
+  (`--length-groups auto`);
+- `continuous-one-pool`: the same with one pool (`--length-groups none`).
 
 Requests arrive as a Poisson process at each rate of `--rates` (open loop:
 a request is sent at its arrival time whatever the server is doing) for
@@ -79,15 +81,21 @@ _STATIC = """
 import sys
 from keras_transformer.generation import scheduler
 
-admit = scheduler.ContinuousBatcher._admit
+admit = scheduler._SlotGroup.admit
+init = scheduler.ContinuousBatcher.__init__
 
 
 def admit_when_all_done(self):
-    if not any(self._slots):  # request-level batching: a batch at a time
+    if not self.batcher.active:  # request-level batching: a batch at a time
         admit(self)
 
 
-scheduler.ContinuousBatcher._admit = admit_when_all_done
+def one_group(self, *args, **kwargs):
+    init(self, *args, **dict(kwargs, group_lengths=None))
+
+
+scheduler._SlotGroup.admit = admit_when_all_done
+scheduler.ContinuousBatcher.__init__ = one_group
 from keras_transformer import cli
 sys.exit(cli.main(sys.argv[1:]))
 """
@@ -98,6 +106,8 @@ def start_server(base, mode, slots):
     batcher to admit a new batch only when every slot is free."""
     arguments = ["serve", base, "--port", "0", "--slots", str(slots),
                  "--max-batch-size", str(slots), "--batch-timeout-micros", "20000"]
+    if mode == "continuous-one-pool":
+        arguments += ["--length-groups", "none"]
     if mode == "static":
         command = [sys.executable, "-c", _STATIC, *arguments]
     else:
@@ -222,7 +232,7 @@ def main(argv=None):
         for mode in args.modes:
             process, host, port = start_server(base, mode, args.slots)
             rates = list(args.rates)
-            if mode == "continuous" and reference is not None:
+            if mode.startswith("continuous") and reference is not None:
                 rates.append(2 * reference["offered"])  # the issue's target rate
             try:
                 warm_up(host, port, mode, args.slots)

@@ -146,7 +146,18 @@ def _serve(args):
                  max_connections=args.max_connections, max_body_bytes=args.max_body_bytes,
                  num_batch_threads=args.num_batch_threads,
                  intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads,
-                 num_slots=args.slots)
+                 num_slots=args.slots, group_lengths=args.length_groups)
+
+
+def _length_groups(text):
+    """`--length-groups`: "auto", "none" (None) or comma-separated ints."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'none' or comma-separated ints; received {text!r}") from None
 
 
 def _evaluate(args):
@@ -263,6 +274,11 @@ def _serving_parsers(subparsers):
                        help="a text generator's sequences decoded together by continuous "
                             "batching (:generate, :generate_stream); 0: run :generate "
                             "through the exported whole search")
+    serve.add_argument("--length-groups", type=_length_groups, default="auto",
+                       help="continuous batching's length groups, each with --slots slots: "
+                            "'auto' (requests of up to about half the model's positions "
+                            "apart from the longer ones), 'none' (one group), or bounds in "
+                            "positions, prompt plus max_new_tokens, such as '64,128'")
     serve.set_defaults(run=_serve)
 
     evaluate = subparsers.add_parser(

@@ -77,6 +77,42 @@ def test_greedy_requests_admitted_between_steps_equal_each_search_alone(model, s
     assert batcher.steps < sum(-(-(len(r.token_ids) + 1) // steps_per_call) for r in results)
 
 
+def test_length_groups_keep_short_requests_in_a_short_pool_and_change_no_token(model):
+    # prompt + max_new_tokens: 15, 21, 11, 19, 13 positions; a bound of 14
+    # puts the third and the fifth request in the first group.
+    requests = [GenerationRequest(p, max_new_tokens=n) for p, n in zip(PROMPTS, NEW_TOKENS)]
+    batcher = ContinuousBatcher(SlotDecoder(model, MAX_LENGTH, steps_per_call=3), 1,
+                                group_lengths=[14])
+    try:
+        with batcher._wake:  # the idle thread cannot admit before every request is queued
+            handles = [batcher.submit(request) for request in requests]
+            assert [group.waiting.qsize() for group in batcher._groups] == [2, 3]
+        results = [handle.result(timeout=300) for handle in handles]
+    finally:
+        batcher.close()
+    for prompt, new_tokens, result in zip(PROMPTS, NEW_TOKENS, results):
+        expected = _alone(model, prompt, DecodingConfig("greedy"))
+        assert result.token_ids == expected[:min(new_tokens, MAX_LENGTH - len(prompt))]
+    assert batcher._groups[0].length <= 16  # the short group's pool never held 24 positions
+
+
+@pytest.mark.parametrize("group_lengths, expected", [
+    ("auto", [8, MAX_LENGTH]),  # the longest of lengths 8, 16, 24 up to 12
+    (None, [MAX_LENGTH]),
+    ([6, 12], [6, 12, MAX_LENGTH]),
+])
+def test_length_group_bounds(model, group_lengths, expected):
+    batcher = ContinuousBatcher(SlotDecoder(model, MAX_LENGTH), 1, group_lengths=group_lengths)
+    batcher.close()
+    assert batcher.group_lengths == expected
+
+
+@pytest.mark.parametrize("group_lengths", [[12, 6], [MAX_LENGTH], [0], "short"])
+def test_bad_length_groups_are_refused(model, group_lengths):
+    with pytest.raises(ValueError, match="group_lengths"):
+        ContinuousBatcher(SlotDecoder(model, MAX_LENGTH), 1, group_lengths=group_lengths)
+
+
 def test_sampled_requests_draw_what_each_search_alone_draws(model):
     settings = [dict(temperature=0.9, top_k=0, top_p=1.0, seed=7),
                 dict(temperature=1.3, top_k=5, top_p=1.0, seed=1),

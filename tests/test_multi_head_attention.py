@@ -351,3 +351,40 @@ def test_no_scores_and_no_dropout_take_the_fused_kernel(monkeypatch):
         encoder(x, training=True)  # attention dropout needs the probabilities
     with pytest.raises(AssertionError, match="materialized"):
         decoder(x, x, return_attention_scores=True)
+
+
+@pytest.mark.parametrize("num_key_value_heads, sliding_window", [(None, None), (2, None),
+                                                                  (1, 3)])
+def test_one_query_steps_equal_the_materialized_attention(num_key_value_heads, sliding_window,
+                                                         monkeypatch):
+    # A decoding step (one query per row) reads the cache as products and sums
+    # (`_attend_one_query`, keys not repeated across a group's query heads):
+    # its output equals the materialized path's, rows at different positions,
+    # masked keys and all.
+    layer = MultiHeadAttention(num_heads=N, num_key_value_heads=num_key_value_heads,
+                               sliding_window=sliding_window)
+    rng = np.random.default_rng(3)
+    value = rng.normal(size=(B, S, D)).astype("float32")
+    query = rng.normal(size=(B, 1, D)).astype("float32")
+    layer(value, use_causal_mask=True)  # build
+    cache = layer.initial_cache(B, S)
+    _, cache = layer(value, cache=cache, cache_index=0, use_causal_mask=True)
+    index = np.array([4, 2], "int32")  # each row's own position
+    key_mask = np.array([[True] * S, [True, False] + [True] * (S - 2)])
+    kwargs = dict(value_mask=key_mask, cache=cache, cache_index=index, use_causal_mask=True)
+    fast, fast_cache = layer(query, **kwargs)
+    materialized, slow_cache, scores = layer(query, return_attention_scores=True, **kwargs)
+    np.testing.assert_allclose(_np(fast), _np(materialized), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(_np(fast_cache), _np(slow_cache))
+    assert _np(scores)[1, :, 0, 1].max() == 0  # the masked key was masked
+    if BACKEND in ("tensorflow", "jax"):
+        calls = []
+        original = MultiHeadAttention._attend_one_query
+
+        def spy(self, *args):
+            calls.append(1)
+            return original(self, *args)
+
+        monkeypatch.setattr(MultiHeadAttention, "_attend_one_query", spy)
+        layer(query, **kwargs)
+        assert calls, "a one-query step should read the cache as products and sums"

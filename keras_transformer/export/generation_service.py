@@ -121,7 +121,10 @@ class GenerationService:
 
     Args:
         model: the loaded SavedModel (a `TextGenerator`'s).
-        num_slots: the sequences decoded together (the step's batch).
+        num_slots: the sequences decoded together in each length group (the
+            step's batch).
+        group_lengths: the `ContinuousBatcher`'s length groups (`"auto"`,
+            None for one group, or the bounds).
         max_waiting: requests waiting for a slot before 503.
         max_chars: a longer prompt is cut to this many characters.
 
@@ -129,13 +132,15 @@ class GenerationService:
     functions (then `:generate` runs its whole-search signature).
     """
 
-    def __init__(self, model, num_slots=16, max_waiting=1024, max_chars=10_000):
+    def __init__(self, model, num_slots=16, max_waiting=1024, max_chars=10_000,
+                 group_lengths="auto"):
         self.model = model
         self.decoder = SavedSlotDecoder(model.slots)
         self.max_chars = max_chars
         self.batcher = ContinuousBatcher(self.decoder, num_slots,
                                          detokenize=self.decoder.detokenize,
-                                         max_waiting=max_waiting)
+                                         max_waiting=max_waiting,
+                                         group_lengths=group_lengths)
         self.warm_up()
 
     def warm_up(self):

@@ -120,11 +120,14 @@ class ModelServer:
             continuous batching (`:generate`, see
             `keras_transformer.export.generation_service`); 0 runs
             `:generate` through the whole-search signature instead.
+        group_lengths: the continuous batcher's length groups (`"auto"`,
+            None for one group, or the bounds; see `ContinuousBatcher`).
     """
 
     def __init__(self, base_dir, max_batch=1024, max_chars=10_000, *, batching=True,
                  max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048,
-                 num_batch_threads=1, intra_op_threads=None, num_slots=16):
+                 num_batch_threads=1, intra_op_threads=None, num_slots=16,
+                 group_lengths="auto"):
         self.base_dir = os.path.abspath(base_dir)
         self.name = os.path.basename(self.base_dir.rstrip("/"))
         self.version = latest_version(self.base_dir)
@@ -146,7 +149,8 @@ class ModelServer:
 
             self.generation = GenerationService.of(self.model, num_slots=num_slots,
                                                    max_waiting=max_queued_instances,
-                                                   max_chars=max_chars)
+                                                   max_chars=max_chars,
+                                                   group_lengths=group_lengths)
 
     def close(self):
         """Answers what is queued, then stops the batching worker and the
@@ -368,7 +372,8 @@ def set_thread_layout(intra_op_threads=None, inter_op_threads=None):
 def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
           max_batch_size=64, batch_timeout_micros=2000, max_queued_instances=2048,
           max_connections=1024, max_body_bytes=8 * 1024 * 1024, num_batch_threads=1,
-          intra_op_threads=None, inter_op_threads=None, num_slots=16):
+          intra_op_threads=None, inter_op_threads=None, num_slots=16,
+          group_lengths="auto"):
     """Serves `base_dir` until SIGTERM or Ctrl-C, then stops gracefully.
 
     The HTTP side is `keras_transformer.export.http_app.HTTPServer`
@@ -386,7 +391,7 @@ def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
                         batch_timeout_micros=batch_timeout_micros,
                         max_queued_instances=max_queued_instances,
                         num_batch_threads=num_batch_threads, intra_op_threads=intra_op_threads,
-                        num_slots=num_slots)
+                        num_slots=num_slots, group_lengths=group_lengths)
     httpd = HTTPServer(model, host, port, max_connections=max_connections,
                        max_body_bytes=max_body_bytes)
     batching_text = (f"batching up to {max_batch_size} instances, {batch_timeout_micros} µs, "
@@ -396,7 +401,9 @@ def serve(base_dir, host="127.0.0.1", port=8501, ready=None, *, batching=True,
           f"({batching_text})", flush=True)
     if model.generation is not None:
         print(f"Text generation: POST .../{model.name}:generate and :generate_stream, "
-              f"{num_slots} sequences decoded together (continuous batching)", flush=True)
+              f"{num_slots} sequences decoded together in each of "
+              f"{len(model.generation.batcher.group_lengths)} length group(s) (continuous "
+              "batching)", flush=True)
     if threading.current_thread() is threading.main_thread():
         # uvicorn handles SIGTERM/SIGINT while it runs and raises them again
         # once it has stopped: these handlers make that a clean exit.

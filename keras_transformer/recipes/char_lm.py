@@ -67,6 +67,7 @@ from keras_transformer.training import (
     WallClockLearningRate,
     masked_perplexity,
 )
+from keras_transformer.training.optimizers import Muon
 
 # A short built-in text for `--smoke`, so the tests need no corpus.
 SMOKE_TEXT = (
@@ -124,6 +125,10 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=16, help="windows per batch")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="peak learning rate (default: 3e-3; 1e-4 with --init-from)")
+    parser.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
+                        help="AdamW, or Muon (Keras 3.10+) on the projection matrices with "
+                             "AdamW on the rest (training.optimizers.Muon); both with "
+                             "weight decay 0.1 and the same learning rate")
     parser.add_argument("--init-from", default=None,
                         help="a language-model run directory (`keras-transformer import`, "
                              "or an earlier char-lm run): fine-tune its model on the text "
@@ -175,7 +180,8 @@ def run(args):
     config = choose_model_shape(args, tokenizer)
     train, val = make_pipelines(tokenizer, text, config.max_length, args.batch_size, args.seed)
     model = build_and_compile(config, args.strategy, args.learning_rate,
-                              verbose=getattr(args, "verbose", False))
+                              verbose=getattr(args, "verbose", False),
+                              optimizer=getattr(args, "optimizer", "adamw"))
     history, seconds = train_against_the_clock(model, train, args.minutes, args.epochs,
                                                args.learning_rate)
     scores = score(model, val, seconds, args.batch_size, config.max_length)
@@ -242,8 +248,20 @@ def make_pipelines(tokenizer, text, context, batch_size, seed):
 # compiled with XLA. `--strategy mirrored` spreads each batch over the local
 # GPUs. (Several workers cannot share a wall clock: each would stop at a
 # different step, so `multi_worker` is for the translation recipe's epochs.)
-def build_and_compile(config, strategy_name, learning_rate, verbose=False):
-    """The decoder-only model, compiled under the strategy `strategy_name` names."""
+def make_optimizer(name, learning_rate):
+    """AdamW (β₂ 0.99) or Muon, with weight decay 0.1 and gradients clipped at 1."""
+    if name == "muon":
+        return Muon(learning_rate, adam_beta_2=0.99, weight_decay=0.1, adam_weight_decay=0.1,
+                    global_clipnorm=1.0)
+    if name != "adamw":
+        raise ValueError(f'`optimizer` must be "adamw" or "muon". Received: {name!r}')
+    return keras.optimizers.AdamW(learning_rate, beta_2=0.99, weight_decay=0.1,
+                                  global_clipnorm=1.0)
+
+
+def build_and_compile(config, strategy_name, learning_rate, verbose=False, optimizer="adamw"):
+    """The decoder-only model, compiled under the strategy `strategy_name` names,
+    with `optimizer` ("adamw" or "muon")."""
     strategy = distribute.make_strategy(strategy_name)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         raise ValueError("train char-lm runs against a wall clock, which several workers "
@@ -251,8 +269,7 @@ def build_and_compile(config, strategy_name, learning_rate, verbose=False):
     with strategy.scope():
         model = build_causal_lm(config)
         model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate, beta_2=0.99, weight_decay=0.1,
-                                             global_clipnorm=1.0),
+            optimizer=make_optimizer(optimizer, learning_rate),
             loss=MaskedSparseCategoricalCrossentropy(),
             metrics=[masked_perplexity()],
             jit_compile=True,

@@ -51,10 +51,12 @@ from keras_transformer.training import (
     MaskedSparseCategoricalCrossentropy,
     StopOnNaN,
     TimeBudget,
+    TransformerSchedule,
     WallClockLearningRate,
     masked_perplexity,
     transformer_optimizer,
 )
+from keras_transformer.training.optimizers import Muon
 
 
 # ## The sentence pairs
@@ -184,6 +186,10 @@ def add_arguments(parser):
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="peak learning rate of the clock schedule (default: 3e-3; "
                              "the warm-up schedule sets its own)")
+    parser.add_argument("--optimizer", choices=("adam", "muon"), default="adam",
+                        help="Adam (β₂ 0.98), or Muon (Keras 3.10+) on the projection "
+                             "matrices with Adam on the rest (training.optimizers.Muon), "
+                             "with either schedule")
     parser.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
                         help="validate, keep and export an exponential moving average of "
                              "the weights with this momentum (Keras's use_ema); 0 turns it "
@@ -217,6 +223,7 @@ class TrainingSettings:
     ema: float  # momentum of the weights' moving average; 0: off
     policy: str  # the training model's dtype policy
     minutes: float | None  # the wall-clock budget, if any
+    optimizer: str = "adam"  # "adam" or "muon"
 
     @classmethod
     def from_args(cls, args):
@@ -239,7 +246,7 @@ class TrainingSettings:
             learning_rate=3e-3 if args.learning_rate is None else args.learning_rate, ema=ema,
             policy=precision.resolve(getattr(args, "dtype_policy", None)
                                      or ("auto" if real_corpus else "float32")),
-            minutes=args.minutes)
+            minutes=args.minutes, optimizer=getattr(args, "optimizer", None) or "adam")
 
 
 @dataclasses.dataclass
@@ -366,7 +373,12 @@ def build_and_compile(config, settings, strategy, *, jit_compile=False, verbose=
     with precision.dtype_policy(settings.policy), strategy.scope():  # on every replica
         model = build_transformer(config)
         averaging = dict(use_ema=True, ema_momentum=ema) if ema else {}
-        if settings.schedule == "clock":
+        if settings.optimizer == "muon":
+            rate = (settings.learning_rate if settings.schedule == "clock"
+                    else TransformerSchedule(config.embed_dim, warmup_steps=400, scale=0.7))
+            optimizer = Muon(rate, adam_beta_1=0.9, adam_beta_2=0.98, epsilon=1e-9,
+                             weight_decay=0.0, adam_weight_decay=0.0, **averaging)
+        elif settings.schedule == "clock":
             optimizer = keras.optimizers.Adam(settings.learning_rate, beta_1=0.9, beta_2=0.98,
                                               epsilon=1e-9, **averaging)
         else:
@@ -382,6 +394,8 @@ def build_and_compile(config, settings, strategy, *, jit_compile=False, verbose=
     # Under mixed_float16, `compile` wraps the optimizer for loss scaling.
     scaling = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     print(f"dtype policy: {settings.policy}" + (" (dynamic loss scaling)" if scaling else ""))
+    if settings.optimizer == "muon":
+        print("optimizer: Muon on the projection matrices, Adam on the rest")
     if ema:
         print(f"weights: validated, kept and exported as their moving average "
               f"(momentum {ema:g}, about the last {1 / (1 - ema):,.0f} steps)")

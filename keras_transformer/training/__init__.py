@@ -4,6 +4,7 @@ from keras_transformer.training.checkpoints import AtomicBackupAndRestore, Atomi
 from keras_transformer.training.callbacks import StopOnNaN, TimeBudget, WallClockLearningRate
 from keras_transformer.training.losses import MaskedSparseCategoricalCrossentropy
 from keras_transformer.training.metrics import MaskedAccuracy, masked_perplexity
+from keras_transformer.training.optimizers import Muon
 from keras_transformer.training.schedules import TransformerSchedule, transformer_optimizer
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "AtomicBestCheckpoint",
     "MaskedAccuracy",
     "MaskedSparseCategoricalCrossentropy",
+    "Muon",
     "StopOnNaN",
     "TimeBudget",
     "TransformerSchedule",
