@@ -10,12 +10,14 @@ settings can be compared through what they ship:
         --data ../shared/data/spa-eng.zip --seed 0
 
 It prints BLEU and chrF (sacrebleu, lowercased, as the recipe) and the exact
-matches. `--skip 500 --sentences 1500` scores 1,500 sentences that the
-recipe's checkpoint choice never read. A CTranslate2 directory
-(`export --format ctranslate2`) is scored the same way.
+matches. `--test` scores the recipe's test split instead: on a real corpus
+the last 1,500 held-out pairs, which neither the validation loss nor the
+checkpoint choice read (the recipe scores them itself at the end; this
+scores another export, e.g. an int8 one, on the same pairs). A CTranslate2
+directory (`export --format ctranslate2`) is scored the same way.
 
     python benchmarks/score_translator.py saved_models/translator_int8/1 \\
-        --data ../shared/data/spa-eng.zip --skip 500 --sentences 1500
+        --data ../shared/data/spa-eng.zip --test
 """
 
 import argparse
@@ -36,12 +38,22 @@ def main(argv=None):
     parser.add_argument("--sentences", type=int, default=500)
     parser.add_argument("--skip", type=int, default=0,
                         help="start after this many held-out sentences")
+    parser.add_argument("--test", action="store_true",
+                        help="score the recipe's test split (the recipe's --test-pairs "
+                             "default) instead of validation sentences")
     args = parser.parse_args(argv)
 
     recipe_args = translation.add_arguments(argparse.ArgumentParser()).parse_args(
         (["--data", args.data] if args.data else []) + ["--seed", str(args.seed)])
     _, held_out = translation.split(translation.read_pairs(recipe_args), 0.1, args.seed)
-    sample = held_out[args.skip : args.skip + args.sentences]
+    validation, test = translation.split_test(
+        held_out, translation.test_pair_count(recipe_args, len(held_out)))
+    if args.test:
+        if not test:
+            parser.error("the recipe keeps no test split on the built-in corpus; give --data")
+        sample, args.skip = test, len(validation)
+    else:
+        sample = validation[args.skip : args.skip + args.sentences]
     served = load_model(args.saved_model).signatures["serving_default"]
     hypotheses = evaluation.translate_all(
         lambda batch: [t.decode("utf-8") for t in

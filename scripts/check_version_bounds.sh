@@ -12,7 +12,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
 tests=(tests/test_multi_head_attention.py tests/test_decoder_block.py tests/test_encoder_block.py
        tests/test_custom_models.py tests/test_generation.py tests/test_export.py
-       tests/test_keras_compat.py tests/test_saved_runs.py tests/test_block_options.py)
+       tests/test_keras_compat.py tests/test_saved_runs.py tests/test_block_options.py
+       tests/test_muon.py)
 sides=("${@:-lowest highest}")
 for side in ${sides[@]}; do
     venv="${TMPDIR:-/tmp}/keras_transformer_bounds_$side"

@@ -197,6 +197,9 @@ def test_translation_recipe_defaults_on_a_real_corpus(tmp_path, capsys):
     assert "a cosine over 0.1 minutes" in out
     assert f"dtype policy: {precision.resolve('auto')}" in out
     assert "moving average (momentum 0.999" in out
+    # 60 held-out pairs: the last 30 are the test split, scored through the SavedModel.
+    assert "540 training and 30 validation pairs; 30 test pairs" in out
+    assert "Test split: 30 pairs that training never read, through the SavedModel (greedy)" in out
     # The moving average's momentum is in [0, 1).
     with pytest.raises(ValueError, match=r"--ema.*\[0, 1\).*Received: --ema 1"):
         cli.main(["train", "translation", "--smoke", "--ema", "1",
@@ -205,6 +208,28 @@ def test_translation_recipe_defaults_on_a_real_corpus(tmp_path, capsys):
     with pytest.raises(ValueError, match="--minutes"):
         cli.main(["train", "translation", "--smoke", "--schedule", "clock",
                   "--output-dir", str(tmp_path / "r2"), "--export-dir", str(tmp_path / "s2")])
+
+
+def test_translation_test_split_is_held_out_from_validation_and_training():
+    """The last pairs of the held-out tenth are the test split; training pairs do not change."""
+    import argparse
+
+    from keras_transformer.recipes import translation
+
+    pairs = [(f"en {i}", f"es {i}") for i in range(40_000)]
+    train, held_out = translation.split(pairs, 0.1, seed=4)
+    parse = translation.add_arguments(argparse.ArgumentParser()).parse_args
+    real, builtin = parse(["--data", "spa-eng.zip"]), parse([])
+    assert translation.test_pair_count(real, len(held_out)) == 1500
+    assert translation.test_pair_count(builtin, len(held_out)) == 0
+    assert translation.test_pair_count(parse(["--test-pairs", "7"]), len(held_out)) == 7
+    assert translation.test_pair_count(real, 1000) == 500  # at most half of a small corpus
+    validation, test = translation.split_test(held_out, 1500)
+    assert len(validation) == 2500 and validation + test == held_out
+    assert not set(test) & (set(validation) | set(train))
+    with pytest.raises(ValueError, match=r"between 0 and half the 4,000 held-out pairs "
+                                         r"\(2,000\). Received: 2,001"):
+        translation.split_test(held_out, 2001)
 
 
 def test_dtype_policy_auto_follows_the_hardware(monkeypatch):

@@ -1,5 +1,6 @@
 """`training.optimizers.Muon`: Keras's Muon with the attention kernels and the
-MoE experts orthogonalized as matrices rather than sent to AdamW."""
+MoE experts orthogonalized as matrices rather than sent to AdamW, on any
+Keras the package supports."""
 
 import keras
 import numpy as np
@@ -8,8 +9,7 @@ import pytest
 from keras_transformer.models import TransformerConfig, build_causal_lm
 from keras_transformer.training.optimizers import Muon, matrix_shape
 
-pytestmark = pytest.mark.skipif(not hasattr(keras.optimizers, "Muon"),
-                                reason="keras.optimizers.Muon needs Keras 3.10+")
+KERAS_MUON = getattr(keras.optimizers, "Muon", None)
 
 
 def _model(moe=False):
@@ -36,13 +36,36 @@ def test_the_matrix_view_of_each_variable():
     assert all(views[p] is None for p in views if p.endswith(("bias", "gamma", "beta")))
     muon = Muon()
     for variable in model.trainable_variables:
-        adamw = muon._should_use_adamw(variable)
+        adamw = muon.orthogonalizes(variable) is None
         if "embedding" in variable.path or variable.path.startswith("logits"):
             assert adamw, variable.path  # as Muon's authors advise
-        elif views[variable.path] is not None:
-            assert not adamw, variable.path
-    # Keras's own Muon sends the three-dimensional kernels to AdamW.
-    assert keras.optimizers.Muon()._should_use_adamw(_by_path(model, "query/kernel"))
+        else:
+            assert adamw == (views[variable.path] is None), variable.path
+    assert Muon(exclude_layers=["query"]).orthogonalizes(_by_path(model, "query/kernel")) is None
+
+
+@pytest.mark.skipif(KERAS_MUON is None or "rms_rate" not in KERAS_MUON().get_config(),
+                    reason="keras.optimizers.Muon with Moonlight's scale needs Keras 3.13+")
+def test_a_dense_kernel_and_a_bias_update_as_in_keras_muon():
+    """Where the variable is a plain matrix (or goes to AdamW), the update is Keras's."""
+    settings = dict(learning_rate=0.02, weight_decay=0.1, adam_weight_decay=0.05,
+                    adam_beta_2=0.99)
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(12, 20)).astype("float32")
+    bias = rng.normal(size=(20,)).astype("float32")
+    steps = [[rng.normal(size=(12, 20)).astype("float32"), rng.normal(size=(20,)).astype("float32")]
+             for _ in range(3)]
+    results = []
+    for optimizer in (Muon(**settings), KERAS_MUON(**settings)):
+        variables = [keras.Variable(kernel, name="kernel"), keras.Variable(bias, name="bias")]
+        optimizer.build(variables)
+        for gradients in steps:
+            optimizer.apply([keras.ops.convert_to_tensor(g) for g in gradients], variables)
+        results.append([v.numpy() for v in variables])
+    ours, theirs = results
+    assert not np.allclose(ours[0], kernel) and not np.allclose(ours[1], bias)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-4, atol=1e-5)
 
 
 def _condition(matrix):

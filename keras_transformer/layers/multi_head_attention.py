@@ -312,18 +312,15 @@ class MultiHeadAttention(keras.layers.Layer):
                 update = ops.stack([key_heads, value_heads], axis=1)  # [B, 2, T, K, H]
                 cache = _write_cache(cache, update, cache_index)
                 key_heads, value_heads = cache[:, 0], cache[:, 1]  # [B, S, K, H]
-        if (query_heads.shape[1] == 1 and not return_attention_scores
-                and not self._dropout_active(training) and _fuses_elementwise()):
-            # One query per row (a decoding step): `_attend_one_query`.
-            mask = masks_lib.merge_attention_masks(
-                1, ops.shape(key_heads)[1], query_mask=query_mask, value_mask=value_mask,
-                attention_mask=attention_mask, use_causal_mask=use_causal_mask,
-                causal_offset=0 if cache_index is None else cache_index,
-                sliding_window=self.sliding_window)
-            output = self._attend_one_query(query_heads, key_heads, value_heads, mask)
-            output = self._output_dense(output)  # [B, 1, D]
-            return (output, cache) if cache is not None else output
-        if self._num_kv_heads != self.num_heads:  # grouped-query: share each K/V head
+        # Which form of attention: `_attend` where the scores are asked for or
+        # attention dropout is active; `_attend_one_query` for one query per
+        # row (a decoding step) where the backend fuses elementwise work;
+        # the backend's fused kernel (`_attend_fused`) otherwise.
+        materialized = return_attention_scores or self._dropout_active(training)
+        one_query = query_heads.shape[1] == 1 and not materialized and _fuses_elementwise()
+        if self._num_kv_heads != self.num_heads and not one_query:
+            # Grouped-query heads share each K/V head (`_attend_one_query`
+            # reads them without the copy).
             groups = self.num_heads // self._num_kv_heads
             key_heads = ops.repeat(key_heads, groups, axis=2)  # [B, S, N, H]
             value_heads = ops.repeat(value_heads, groups, axis=2)
@@ -349,11 +346,10 @@ class MultiHeadAttention(keras.layers.Layer):
             causal_offset=0 if cache_index is None else cache_index,
             sliding_window=self.sliding_window,
         )
-        if (
-            return_attention_scores
-            or self._dropout_active(training)
-            or not _fused_kernel_supports(self.compute_dtype)
-        ):
+        if one_query:
+            output = self._attend_one_query(query_heads, key_heads, value_heads,
+                                            attention_mask)
+        elif materialized or not _fused_kernel_supports(self.compute_dtype):
             output, scores = self._attend(
                 query_heads, key_heads, value_heads, attention_mask, training
             )

@@ -12,7 +12,8 @@ written out in words, made by the package: no download) and reports exact-match
 accuracy and BLEU of beam-search translations of held-out sentences, then
 exports a SavedModel (text in, text out) and translates through it. `--data` takes the
 Anki/Tatoeba `spa-eng.zip` archive (or its `spa.txt`, or any
-`english<TAB>spanish` file) instead.
+`english<TAB>spanish` file) instead; on such a corpus 1,500 held-out pairs
+that nothing in training reads are scored at the end through the SavedModel.
 
 `--tfds NAME` takes any TFDS translation dataset with supervised keys.
 
@@ -82,6 +83,35 @@ def split(pairs, validation_fraction, seed):
     order = np.random.default_rng(seed).permutation(len(pairs))
     cut = int(len(pairs) * (1 - validation_fraction))
     return [pairs[i] for i in order[:cut]], [pairs[i] for i in order[cut:]]
+
+
+# On a real corpus the last 1,500 held-out pairs are a test split: nothing
+# during training reads them (not the validation loss, not the checkpoint
+# choice, not the moving average's swap), and they are scored once, at the
+# end, through the exported SavedModel. The training pairs do not change.
+TEST_PAIRS = 1500
+
+
+def split_test(val_pairs, test_pairs):
+    """`(validation, test)`: the last `test_pairs` of the held-out pairs are the test split.
+
+    At least as many validation pairs as test pairs must remain; a ValueError
+    names the counts otherwise.
+    """
+    if test_pairs < 0 or 2 * test_pairs > len(val_pairs):
+        raise ValueError(f"`--test-pairs` must be between 0 and half the {len(val_pairs):,} "
+                         f"held-out pairs ({len(val_pairs) // 2:,}). Received: {test_pairs:,}")
+    cut = len(val_pairs) - test_pairs
+    return val_pairs[:cut], val_pairs[cut:]
+
+
+def test_pair_count(args, held_out):
+    """`--test-pairs`, or its default: `TEST_PAIRS` on a real corpus (at most half of
+    the `held_out` pairs), none on the built-in corpus."""
+    count = getattr(args, "test_pairs", None)
+    if count is not None:
+        return count
+    return min(TEST_PAIRS, held_out // 2) if (args.data or args.tfds) else 0
 
 
 def describe(decoding):
@@ -187,9 +217,14 @@ def add_arguments(parser):
                         help="peak learning rate of the clock schedule (default: 3e-3; "
                              "the warm-up schedule sets its own)")
     parser.add_argument("--optimizer", choices=("adam", "muon"), default="adam",
-                        help="Adam (β₂ 0.98), or Muon (Keras 3.10+) on the projection "
+                        help="Adam (β₂ 0.98), or Muon on the projection "
                              "matrices with Adam on the rest (training.optimizers.Muon), "
                              "with either schedule")
+    parser.add_argument("--test-pairs", type=int, default=None, metavar="N",
+                        help="held-out pairs, the last N of the validation split, that "
+                             "nothing reads during training; scored once at the end "
+                             "through the exported SavedModel. Default: 1500 for "
+                             "--data/--tfds, 0 for the built-in corpus")
     parser.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
                         help="validate, keep and export an exponential moving average of "
                              "the weights with this momentum (Keras's use_ema); 0 turns it "
@@ -257,6 +292,7 @@ class Corpus:
     val_pairs: list
     source_tokenizer: object
     target_tokenizer: object
+    test_pairs: list = dataclasses.field(default_factory=list)
 
 
 def run(args):
@@ -282,8 +318,12 @@ def run(args):
     translator, sample, report = evaluate_best(args, corpus, config, model, history, seconds)
     draw_pictures(history, translator, sample, args.output_dir)
     path = export_and_translate(translator, args.export_dir, [en for en, _ in sample[:3]])
-    return {"history": history.history, "exact_match": report["exact_match"],
-            "bleu": report["bleu"], "seconds": seconds, "export_path": path}
+    result = {"history": history.history, "exact_match": report["exact_match"],
+              "bleu": report["bleu"], "seconds": seconds, "export_path": path}
+    if corpus.test_pairs:
+        test = score_test_split(path, corpus.test_pairs, DecodingConfig.from_args(args))
+        result.update(test_bleu=test["bleu"], test_chrf=test["chrf"])
+    return result
 
 
 # ## Devices
@@ -309,19 +349,23 @@ def set_up_devices(args):
 
 # ## Subword vocabularies
 #
-# The pairs are split 90/10 by the seed. One WordPiece vocabulary per
-# language, trained on the training split only and saved beside the model.
+# The pairs are split 90/10 by the seed; on a real corpus the last 1,500
+# of the held-out tenth are the test split (`split_test`). One WordPiece
+# vocabulary per language, trained on the training split only and saved
+# beside the model.
 def prepare_corpus(args, run_dir):
     """The `Corpus`: pairs read and split, vocabularies trained and saved."""
     train_pairs, val_pairs = split(read_pairs(args), 0.1, args.seed)
-    print(f"{len(train_pairs):,} training and {len(val_pairs):,} validation pairs")
+    val_pairs, test_pairs = split_test(val_pairs, test_pair_count(args, len(val_pairs)))
+    print(f"{len(train_pairs):,} training and {len(val_pairs):,} validation pairs"
+          + (f"; {len(test_pairs):,} test pairs" if test_pairs else ""))
     source_tokenizer = tk.train_wordpiece([en for en, _ in train_pairs], args.vocabulary_size)
     target_tokenizer = tk.train_wordpiece([es for _, es in train_pairs], args.vocabulary_size)
     tk.save_tokenizer(source_tokenizer, os.path.join(run_dir, "source_vocabulary"))
     tk.save_tokenizer(target_tokenizer, os.path.join(run_dir, "target_vocabulary"))
     print(f"vocabularies: {source_tokenizer.vocabulary_size()} English, "
           f"{target_tokenizer.vocabulary_size()} Spanish word pieces")
-    return Corpus(train_pairs, val_pairs, source_tokenizer, target_tokenizer)
+    return Corpus(train_pairs, val_pairs, source_tokenizer, target_tokenizer, test_pairs)
 
 
 # ## The model's shape
@@ -449,7 +493,7 @@ def evaluate_best(args, corpus, config, model, history, seconds):
     # epoch that `TimeBudget` cut short divides by the full epoch's steps.
     print(f"\nTrained for {seconds:.0f} s ({int(model.optimizer.iterations.numpy()):,} steps); "
           f"validation loss {min(history.history['val_loss']):.3f}")
-    print(f"On {len(sample)} held-out sentences ({describe(decoding)}): exact match "
+    print(f"On {len(sample)} validation sentences ({describe(decoding)}): exact match "
           f"{accuracy:.1%}, BLEU {quality['bleu']:.1f}, chrF {quality['chrf']:.1f}\n")
     for (english, spanish), hypothesis in list(zip(sample, hypotheses))[:6]:
         print(f"  {english}\n    → {hypothesis}\n    (reference: {spanish})")
@@ -481,6 +525,26 @@ def export_and_translate(translator, export_dir, texts):
     for english, spanish in zip(texts, outputs):
         print(f"  {english}  →  {spanish.decode('utf-8')}")
     return path
+
+
+# ## The test split, through the SavedModel
+#
+# What a server would load, scored once on the pairs that nothing in
+# training read: BLEU and chrF (lowercased, as above).
+def score_test_split(path, test_pairs, decoding, batch_size=64):
+    """`{"bleu", "chrf", "exact_match"}` of the SavedModel at `path` on `test_pairs`, printed."""
+    served = tf.saved_model.load(path).signatures["serving_default"]
+    hypotheses = evaluation.translate_all(
+        lambda batch: [t.decode("utf-8") for t in
+                       served(text=tf.constant(batch))["translation"].numpy()],
+        [english for english, _ in test_pairs], batch_size)
+    references = [spanish for _, spanish in test_pairs]
+    quality = evaluation.score(hypotheses, references, lowercase=True)
+    exact = float(np.mean([h == r.lower() for h, r in zip(hypotheses, references)]))
+    print(f"\nTest split: {len(test_pairs):,} pairs that training never read, through the "
+          f"SavedModel ({describe(decoding)}): BLEU {quality['bleu']:.1f}, "
+          f"chrF {quality['chrf']:.1f}, exact match {exact:.1%}")
+    return {**quality, "exact_match": exact}
 
 
 if __name__ == "__main__":
