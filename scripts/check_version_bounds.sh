@@ -21,7 +21,7 @@ for side in ${sides[@]}; do
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     if [ "$side" = lowest ]; then
-        pins=("tensorflow==2.16.1" "keras==3.5.0" "tensorflow-text==2.16.1")
+        pins=("tensorflow==2.16.1" "keras==3.6.0" "tensorflow-text==2.16.1")
     else
         pins=()
     fi
