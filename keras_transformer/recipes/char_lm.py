@@ -253,10 +253,11 @@ def make_pipelines(tokenizer, text, context, batch_size, seed):
 # decay 0.1 and gradient clipping at 1; the training step compiled with
 # XLA. At its learning rate of 6e-3 it reached 0.025 nats/char lower than
 # AdamW at 3e-3 in 95 s, and 0.013-0.015 lower in 10 minutes, on two seeds,
-# though its Newton–Schulz iterations make a step ~15 % slower
-# (docs/recipes.md). `--optimizer adamw` is AdamW on every variable. `--strategy mirrored` spreads each batch over the local
-# GPUs. (Several workers cannot share a wall clock: each would stop at a
-# different step, so `multi_worker` is for the translation recipe's epochs.)
+# though its Newton–Schulz iterations make a step ~17 % slower
+# (docs/recipes.md). `--optimizer adamw` is AdamW on every variable.
+# `--strategy mirrored` spreads each batch over the local GPUs. (Several
+# workers cannot share a wall clock: each would stop at a different step,
+# so `multi_worker` is for the translation recipe's epochs.)
 LEARNING_RATES = {"muon": 6e-3, "adamw": 3e-3}  # each optimizer's peak in 95 s
 
 
