@@ -22,9 +22,6 @@ directory (`export --format ctranslate2`) is scored the same way.
 
 import argparse
 
-import numpy as np
-import tensorflow as tf
-
 from keras_transformer.export.server import load_model
 from keras_transformer.evaluation import quality as evaluation
 from keras_transformer.recipes import translation
@@ -51,20 +48,16 @@ def main(argv=None):
     if args.test:
         if not test:
             parser.error("the recipe keeps no test split on the built-in corpus; give --data")
-        sample, args.skip = test, len(validation)
+        sample = test
+        where = f"the test split's {len(sample):,} pairs"
     else:
         sample = validation[args.skip : args.skip + args.sentences]
+        where = f"{len(sample):,} held-out sentences from {args.skip}"
     served = load_model(args.saved_model).signatures["serving_default"]
-    hypotheses = evaluation.translate_all(
-        lambda batch: [t.decode("utf-8") for t in
-                       served(text=tf.constant(batch))["translation"].numpy()],
-        [english for english, _ in sample], 64)
-    references = [spanish for _, spanish in sample]
-    quality = evaluation.score(hypotheses, references, lowercase=True)
-    exact = np.mean([h == r.lower() for h, r in zip(hypotheses, references)])
-    print(f"{args.saved_model} on {len(sample)} held-out sentences from {args.skip} "
-          f"(seed {args.seed}): "
-          f"BLEU {quality['bleu']:.2f}, chrF {quality['chrf']:.2f}, exact match {exact:.1%}")
+    _, quality = evaluation.score_translations(translation.text_function(served), sample)
+    print(f"{args.saved_model} on {where} (seed {args.seed}): "
+          f"BLEU {quality['bleu']:.2f}, chrF {quality['chrf']:.2f}, "
+          f"exact match {quality['exact_match']:.1%}")
 
 
 if __name__ == "__main__":

@@ -194,7 +194,8 @@ def test_translation_recipe_defaults_on_a_real_corpus(tmp_path, capsys):
                                          "dropout")} == {
         "norm_first": True, "norm": "rms", "activation": "swiglu", "ffn_dim": 344, "dropout": 0.0}
     out = capsys.readouterr().out
-    assert "a cosine over 0.1 minutes" in out
+    assert "a cosine over 0.1 minutes (peak 0.006)" in out
+    assert "optimizer: Muon on the projection matrices, Adam on the rest" in out
     assert f"dtype policy: {precision.resolve('auto')}" in out
     assert "moving average (momentum 0.999" in out
     # 60 held-out pairs: the last 30 are the test split, scored through the SavedModel.
@@ -280,6 +281,26 @@ def test_translation_trained_in_16_bits_is_exported_in_float32(policy, dtype, tm
     graph = served.graph.as_graph_def()
     assert dtype not in str(graph)
     assert served(text=tf.constant(["the cat sees the dog"]))["translation"].shape == (1,)
+
+
+def test_the_optimizer_and_its_peak_follow_the_schedule():
+    """Muon at 6e-3 on the clock schedule, Adam (3e-3) otherwise; the options win."""
+    import argparse
+
+    from keras_transformer.recipes.translation import TrainingSettings, add_arguments
+
+    def settings(*argv):
+        args = add_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+        found = TrainingSettings.from_args(args)
+        return found.optimizer, found.schedule, found.learning_rate
+
+    real = ("--data", "spa-eng.zip")
+    assert settings(*real, "--minutes", "20") == ("muon", "clock", 6e-3)
+    assert settings(*real, "--minutes", "20", "--optimizer", "adam") == ("adam", "clock", 3e-3)
+    assert settings(*real, "--minutes", "5", "--learning-rate", "1e-3") == ("muon", "clock", 1e-3)
+    assert settings(*real)[:2] == ("adam", "warmup")  # no budget: the paper's schedule
+    assert settings("--minutes", "5")[:2] == ("adam", "warmup")  # the built-in corpus
+    assert settings("--optimizer", "muon")[:2] == ("muon", "warmup")
 
 
 def test_learning_rate_is_refused_with_the_warmup_schedule(tmp_path):

@@ -3,7 +3,6 @@
 from keras_transformer._optional import require
 
 
-
 def _sacrebleu():
     # Checked on first use, so that importing this module never fails.
     return require("sacrebleu", "eval", "BLEU and chrF")
@@ -42,3 +41,25 @@ def translate_all(translate, sources, batch_size=64):
     for start in range(0, len(sources), batch_size):
         outputs.extend(translate(sources[start : start + batch_size]))
     return outputs
+
+
+def score_translations(translate, pairs, batch_size=64):
+    """Translates the sources of `(source, reference)` pairs and scores them.
+
+    Args:
+        translate: `list of strings → list of strings` (a translator, a
+            SavedModel's signature, an engine), called on `batch_size` at a time.
+        pairs: `(source, reference)` string pairs.
+
+    Returns:
+        `(hypotheses, report)`: the translations in order, and `score`'s
+        report, lowercased (the recipes' WordPiece vocabularies are), with
+        `"exact_match"`: the fraction of hypotheses equal to the lowercased
+        reference.
+    """
+    hypotheses = translate_all(translate, [source for source, _ in pairs], batch_size)
+    references = [reference for _, reference in pairs]
+    report = score(hypotheses, references, lowercase=True)
+    matches = sum(h == r.lower() for h, r in zip(hypotheses, references))
+    report["exact_match"] = matches / len(pairs) if pairs else 0.0
+    return hypotheses, report
