@@ -54,7 +54,7 @@ def main(argv=None):
         sample = validation[args.skip : args.skip + args.sentences]
         where = f"{len(sample):,} held-out sentences from {args.skip}"
     served = load_model(args.saved_model).signatures["serving_default"]
-    _, quality = evaluation.score_translations(translation.text_function(served), sample)
+    _, quality = evaluation.score_translations(evaluation.text_function(served), sample)
     print(f"{args.saved_model} on {where} (seed {args.seed}): "
           f"BLEU {quality['bleu']:.2f}, chrF {quality['chrf']:.2f}, "
           f"exact match {quality['exact_match']:.1%}")

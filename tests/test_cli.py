@@ -196,6 +196,7 @@ def test_translation_recipe_defaults_on_a_real_corpus(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "a cosine over 0.1 minutes (peak 0.006)" in out
     assert "optimizer: Muon on the projection matrices, Adam on the rest" in out
+    assert "weight decay: 0.1 (decoupled, every weight)" in out
     assert f"dtype policy: {precision.resolve('auto')}" in out
     assert "moving average (momentum 0.999" in out
     # 60 held-out pairs: the last 30 are the test split, scored through the SavedModel.
@@ -283,8 +284,9 @@ def test_translation_trained_in_16_bits_is_exported_in_float32(policy, dtype, tm
     assert served(text=tf.constant(["the cat sees the dog"]))["translation"].shape == (1,)
 
 
-def test_the_optimizer_and_its_peak_follow_the_schedule():
-    """Muon at 6e-3 on the clock schedule, Adam (3e-3) otherwise; the options win."""
+def test_the_optimizer_its_peak_and_decay_follow_the_schedule():
+    """Muon at 6e-3 with weight decay 0.1 on the clock schedule, Adam (3e-3)
+    without decay otherwise; the options win."""
     import argparse
 
     from keras_transformer.recipes.translation import TrainingSettings, add_arguments
@@ -292,15 +294,51 @@ def test_the_optimizer_and_its_peak_follow_the_schedule():
     def settings(*argv):
         args = add_arguments(argparse.ArgumentParser()).parse_args(list(argv))
         found = TrainingSettings.from_args(args)
-        return found.optimizer, found.schedule, found.learning_rate
+        return found.optimizer, found.schedule, found.learning_rate, found.weight_decay
 
     real = ("--data", "spa-eng.zip")
-    assert settings(*real, "--minutes", "20") == ("muon", "clock", 6e-3)
-    assert settings(*real, "--minutes", "20", "--optimizer", "adam") == ("adam", "clock", 3e-3)
-    assert settings(*real, "--minutes", "5", "--learning-rate", "1e-3") == ("muon", "clock", 1e-3)
-    assert settings(*real)[:2] == ("adam", "warmup")  # no budget: the paper's schedule
-    assert settings("--minutes", "5")[:2] == ("adam", "warmup")  # the built-in corpus
+    assert settings(*real, "--minutes", "20") == ("muon", "clock", 6e-3, 0.1)
+    assert settings(*real, "--minutes", "20", "--optimizer", "adam") == (
+        "adam", "clock", 3e-3, 0.1)
+    assert settings(*real, "--minutes", "5", "--learning-rate", "1e-3",
+                    "--weight-decay", "0") == ("muon", "clock", 1e-3, 0.0)
+    # No budget: the paper's schedule; the built-in corpus: the same.
+    for argv in (real, ("--minutes", "5")):
+        optimizer, schedule, _, decay = settings(*argv)
+        assert (optimizer, schedule, decay) == ("adam", "warmup", 0.0)
     assert settings("--optimizer", "muon")[:2] == ("muon", "warmup")
+    assert settings("--weight-decay", "0.01")[3] == 0.01
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_weight_decay_reaches_either_optimizer(optimizer):
+    """`--weight-decay` is decoupled decay of every weight: AdamW, or both of Muon's parts."""
+    import argparse
+
+    import tensorflow as tf
+
+    from keras_transformer.models import TransformerConfig
+    from keras_transformer.recipes.translation import (TrainingSettings, add_arguments,
+                                                       build_and_compile)
+
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--data", "spa-eng.zip", "--minutes", "5", "--optimizer", optimizer,
+         "--weight-decay", "0.05", "--dtype-policy", "float32"])
+    settings = TrainingSettings.from_args(args)
+    assert settings.weight_decay == 0.05
+    config = TransformerConfig(vocab_size=50, source_vocab_size=40, max_length=8, embed_dim=16,
+                               num_heads=2, ffn_dim=32, num_encoder_layers=1,
+                               num_decoder_layers=1)
+    model = build_and_compile(config, settings, tf.distribute.get_strategy())
+    found = model.optimizer
+    if optimizer == "muon":
+        assert (found.matrix_weight_decay, found.adam_weight_decay) == (0.05, 0.05)
+    else:
+        assert found.weight_decay == 0.05
+
+    args.weight_decay = -0.1
+    with pytest.raises(ValueError, match="Received: --weight-decay -0.1"):
+        TrainingSettings.from_args(args)
 
 
 def test_learning_rate_is_refused_with_the_warmup_schedule(tmp_path):

@@ -38,3 +38,16 @@ def test_exact_match_counts_only_whole_sentences():
     assert report["exact_match"] == 0.5
     assert 0.0 < report["bleu"] < 100.0
     assert 0.0 < report["chrf"] < 100.0
+
+
+def test_text_function_turns_a_string_signature_into_strings():
+    tf = pytest.importorskip("tensorflow")
+    received = []
+
+    def signature(text):  # what a SavedModel's serving_default takes and returns
+        received.append(text)
+        return {"translation": tf.strings.join(["<", text, ">"])}
+
+    translate = quality.text_function(signature)
+    assert translate(["¡hola!", "adiós"]) == ["<¡hola!>", "<adiós>"]  # decoded UTF-8
+    assert received[0].dtype == tf.string and received[0].shape == (2,)

@@ -35,6 +35,19 @@ def score(hypotheses, references, lowercase=False):
             "signature": str(bleu.format(signature=True)).split(" = ")[0]}
 
 
+def text_function(translate):
+    """`list of strings → list of strings` over `translate(text=string tensor)`,
+    which returns `{"translation": string tensor}`: a translation SavedModel's
+    `serving_default`, or a `Translator`'s `translate`."""
+    import tensorflow as tf  # here, so that importing this module needs no TensorFlow
+
+    def strings(batch):
+        translations = translate(text=tf.constant(list(batch)))["translation"]
+        return [text.decode("utf-8") for text in translations.numpy()]
+
+    return strings
+
+
 def translate_all(translate, sources, batch_size=64):
     """Runs `translate(list of strings) → list of strings` over `sources` in batches."""
     outputs = []
