@@ -124,20 +124,29 @@ def test_translation_recipe_takes_the_model_shape_from_config_and_flags(tmp_path
 
 def test_char_lm_recipe_takes_the_model_shape_and_decoding_from_flags(tmp_path, capsys):
     import json
+    import zipfile
 
     run_dir, saved = tmp_path / "run", tmp_path / "saved_models"
     assert cli.main(["train", "char-lm", "--smoke", "--output-dir", str(run_dir),
                      "--export-dir", str(saved / "lm"), "--layers", "2", "--dim", "24",
                      "--heads", "3", "--context", "20", "--no-norm-first",
-                     "--decoding", "beam", "--beam-size", "2"]) == 0
+                     "--decoding", "beam", "--beam-size", "2",
+                     "--steps-per-execution", "4"]) == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["num_decoder_layers"], config["embed_dim"], config["num_heads"],
             config["ffn_dim"], config["max_length"], config["norm_first"]) == (
         2, 24, 3, 96, 20, False)
+    # Four steps a compiled call; the smoke text's 3 epochs of 43 batches
+    # still make 129 steps, as with one step a call (each epoch ends on a
+    # call of 3).
+    with zipfile.ZipFile(run_dir / "model.keras") as archive:
+        compiled = json.loads(archive.read("config.json"))["compile_config"]
+    assert compiled["steps_per_execution"] == 4
+    out = capsys.readouterr().out
+    assert "(129 steps of 16×20 chars)" in out
     # The validation line does not set nanoGPT's 1.87 (another slice) beside
     # its figure; the smoke text is not Shakespeare, so no note either.
-    (line,) = [text for text in capsys.readouterr().out.splitlines()
-               if "Validation loss" in text]
+    (line,) = [text for text in out.splitlines() if "Validation loss" in text]
     assert line.endswith("on the last 10 % of the text") and "1.87" not in line
     # The exported generator answers `translate` with continued prompts.
     cli.main(["translate", str(saved / "lm"), "First"])

@@ -11,7 +11,7 @@ the first 90 % of the corpus, so its held-out tail is 81–90 % of the corpus,
 a different slice from nanoGPT's. The two figures are not like for like.
 
 What differs from that recipe, and why it helps under a fixed clock:
-- 2 layers instead of 4 (same width, heads and context): under a 95-second
+- 2 layers instead of 4 (same width and heads): under a 95-second
   budget the model sees the text only two or three times, and twice the
   steps are worth more than twice the depth (measured: 4 layers reach 1.93,
   3 layers 1.90, 2 layers 1.71-1.75 nats in the same 95 s on a 2-core CPU);
@@ -21,7 +21,10 @@ What differs from that recipe, and why it helps under a fixed clock:
   steps a second (the exact GELU alone costs ~20 % of a block's time on CPU);
 - Muon instead of AdamW for the projection matrices (attention kernels
   included): 0.025 nats/char lower in 95 s, on two seeds;
-- the training step compiled with XLA;
+- windows of 128 characters, 8 to a batch, instead of 64, 16 to a batch:
+  the same characters a step, each predicted from twice the context;
+- the training step compiled with XLA, eight steps to a call
+  (`steps_per_execution`), which saves Keras's per-step round trip;
 - a learning rate tied to the clock (`WallClockLearningRate`): warm-up, then
   a cosine decay that ends when the budget does.
 
@@ -99,11 +102,13 @@ def decode(tokenizer, ids):
 # A current decoder's block at nanoGPT's size: pre-norm decoder blocks with
 # RMSNorm, a SwiGLU feed-forward network (inner width 344, about the FLOPs of
 # a 512-wide ReLU one) and rotary positions; no dropout, input and output
-# embeddings tied; 2 layers of width 128, 4 heads, a context of 64
-# characters. Against nanoGPT's block (LayerNorm, learned positions, ReLU at
-# 512), it reached 1.577 nats/char instead of 1.70 in the 95-second budget
-# (docs/recipes.md). `--config` and the model flags change any of it.
-MODEL = TransformerConfig(vocab_size=128, max_length=64, embed_dim=128, num_heads=4,
+# embeddings tied; 2 layers of width 128, 4 heads, a context of 128
+# characters (nanoGPT's CPU recipe has 64; twice the context lowered the
+# loss by 0.015 nats/char in 95 s at the same characters a step). Against
+# nanoGPT's block (LayerNorm, learned positions, ReLU at 512), it reached
+# 1.577 nats/char instead of 1.70 in the 95-second budget (docs/recipes.md).
+# `--config` and the model flags change any of it.
+MODEL = TransformerConfig(vocab_size=128, max_length=128, embed_dim=128, num_heads=4,
                           ffn_dim=344, num_encoder_layers=0, num_decoder_layers=2, dropout=0.0,
                           norm_first=True, norm="rms", activation="swiglu",
                           positions="rotary")
@@ -124,7 +129,11 @@ def add_arguments(parser):
                         help="wall-clock training budget (95 s: nanoGPT's figure)")
     parser.add_argument("--epochs", type=int, default=1000,
                         help="most passes over the text (the clock usually stops it first)")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per batch")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch")
+    parser.add_argument("--steps-per-execution", type=int, default=STEPS_PER_EXECUTION,
+                        help="training steps in one compiled call (Keras's "
+                             "`steps_per_execution`; the learning rate and the clock are "
+                             "checked between calls)")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="peak learning rate (default: 6e-3 with Muon, 3e-3 with "
                              "AdamW; 1e-4 with --init-from)")
@@ -185,7 +194,9 @@ def run(args):
     train, val = make_pipelines(tokenizer, text, config.max_length, args.batch_size, args.seed)
     model = build_and_compile(config, args.strategy, args.learning_rate,
                               verbose=getattr(args, "verbose", False),
-                              optimizer=optimizer)
+                              optimizer=optimizer,
+                              steps_per_execution=getattr(args, "steps_per_execution",
+                                                          STEPS_PER_EXECUTION))
     history, seconds = train_against_the_clock(model, train, args.minutes, args.epochs,
                                                args.learning_rate)
     scores = score(model, val, seconds, args.batch_size, config.max_length)
@@ -251,14 +262,17 @@ def make_pipelines(tokenizer, text, context, batch_size, seed):
 # Muon (`training.optimizers.Muon`) on the projection matrices, attention
 # kernels included, and AdamW on the embeddings and norms, with weight
 # decay 0.1 and gradient clipping at 1; the training step compiled with
-# XLA. At its learning rate of 6e-3 it reached 0.025 nats/char lower than
-# AdamW at 3e-3 in 95 s, and 0.013-0.015 lower in 10 minutes, on two seeds,
-# though its Newton–Schulz iterations make a step ~17 % slower
-# (docs/recipes.md). `--optimizer adamw` is AdamW on every variable.
+# XLA, `STEPS_PER_EXECUTION` steps to a call (one Python round trip, and one
+# look at the clock, for eight steps). At its learning rate of 6e-3 it
+# reached 0.025 nats/char lower than AdamW at 3e-3 in 95 s, and 0.013-0.015
+# lower in 10 minutes, on two seeds (windows of 16 × 64), though its
+# Newton–Schulz iterations make a step ~17 % slower (docs/recipes.md).
+# `--optimizer adamw` is AdamW on every variable.
 # `--strategy mirrored` spreads each batch over the local GPUs. (Several
 # workers cannot share a wall clock: each would stop at a different step,
 # so `multi_worker` is for the translation recipe's epochs.)
 LEARNING_RATES = {"muon": 6e-3, "adamw": 3e-3}  # each optimizer's peak in 95 s
+STEPS_PER_EXECUTION = 8
 
 
 def make_optimizer(name, learning_rate):
@@ -273,9 +287,10 @@ def make_optimizer(name, learning_rate):
                                   global_clipnorm=1.0)
 
 
-def build_and_compile(config, strategy_name, learning_rate, verbose=False, optimizer="muon"):
+def build_and_compile(config, strategy_name, learning_rate, verbose=False, optimizer="muon",
+                      steps_per_execution=1):
     """The decoder-only model, compiled under the strategy `strategy_name` names,
-    with `optimizer` ("muon" or "adamw")."""
+    with `optimizer` ("muon" or "adamw"), `steps_per_execution` steps to a call."""
     strategy = distribute.make_strategy(strategy_name)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         raise ValueError("train char-lm runs against a wall clock, which several workers "
@@ -287,6 +302,7 @@ def build_and_compile(config, strategy_name, learning_rate, verbose=False, optim
             loss=MaskedSparseCategoricalCrossentropy(),
             metrics=[masked_perplexity()],
             jit_compile=True,
+            steps_per_execution=steps_per_execution,
         )
     model_options.print_summary(model, config, verbose=verbose)
     return model
@@ -368,6 +384,7 @@ def fine_tune(args):
         loss=MaskedSparseCategoricalCrossentropy(pad_id=special.label_padding),
         metrics=[masked_perplexity(pad_id=special.label_padding)],
         jit_compile=True,
+        steps_per_execution=getattr(args, "steps_per_execution", STEPS_PER_EXECUTION),
     )
     history, seconds = train_against_the_clock(model, train, args.minutes, args.epochs,
                                                learning_rate)
