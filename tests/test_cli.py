@@ -131,7 +131,8 @@ def test_char_lm_recipe_takes_the_model_shape_and_decoding_from_flags(tmp_path, 
                      "--export-dir", str(saved / "lm"), "--layers", "2", "--dim", "24",
                      "--heads", "3", "--context", "20", "--no-norm-first",
                      "--decoding", "beam", "--beam-size", "2",
-                     "--steps-per-execution", "4"]) == 0
+                     "--steps-per-execution", "4", "--ema", "0.9",
+                     "--newton-schulz-steps", "2"]) == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["num_decoder_layers"], config["embed_dim"], config["num_heads"],
             config["ffn_dim"], config["max_length"], config["norm_first"]) == (
@@ -142,6 +143,11 @@ def test_char_lm_recipe_takes_the_model_shape_and_decoding_from_flags(tmp_path, 
     with zipfile.ZipFile(run_dir / "model.keras") as archive:
         compiled = json.loads(archive.read("config.json"))["compile_config"]
     assert compiled["steps_per_execution"] == 4
+    # `--ema`: the optimizer keeps the weights' moving average; Muon makes
+    # `--newton-schulz-steps` iterations.
+    optimizer = compiled["optimizer"]["config"]
+    assert (optimizer["use_ema"], optimizer["ema_momentum"], optimizer["ns_steps"]) == (
+        True, 0.9, 2)
     out = capsys.readouterr().out
     assert "(129 steps of 16×20 chars)" in out
     # The validation line does not set nanoGPT's 1.87 (another slice) beside
@@ -151,6 +157,27 @@ def test_char_lm_recipe_takes_the_model_shape_and_decoding_from_flags(tmp_path, 
     # The exported generator answers `translate` with continued prompts.
     cli.main(["translate", str(saved / "lm"), "First"])
     assert capsys.readouterr().out.startswith("First")
+
+
+def test_char_lm_moving_average_follows_the_budget_unless_given():
+    import argparse
+
+    from keras_transformer.recipes import char_lm
+
+    def momentum(*flags):
+        parser = char_lm.add_arguments(argparse.ArgumentParser())
+        return char_lm.moving_average_momentum(parser.parse_args(list(flags)))
+
+    assert momentum() == 0.99  # the 95-second default
+    assert momentum("--minutes", "4.9") == 0.99
+    assert momentum("--minutes", "5") == momentum("--minutes", "10") == 0.999
+    assert momentum("--minutes", "10", "--ema", "0.95") == 0.95
+    assert momentum("--minutes", "10", "--ema", "0") == 0.0
+    # Fine-tuning and the smoke run keep the raw weights unless asked.
+    assert momentum("--init-from", "runs/gpt2") == momentum("--smoke") == 0.0
+    assert momentum("--smoke", "--ema", "0.9") == 0.9
+    with pytest.raises(ValueError, match=r"momentum in \[0, 1\).*Received: --ema 1"):
+        momentum("--ema", "1")
 
 
 def test_bad_model_options_are_errors_that_say_what_was_received(tmp_path):
