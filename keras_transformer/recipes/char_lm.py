@@ -67,7 +67,7 @@ from keras_transformer.generation.text_generator import (
     save_language_model_run,
 )
 from keras_transformer.models import TransformerConfig, build_causal_lm
-from keras_transformer.recipes import model_options
+from keras_transformer.recipes import model_options, moving_average
 from keras_transformer.training import (
     distribute,
     MaskedSparseCategoricalCrossentropy,
@@ -319,9 +319,7 @@ def moving_average_momentum(args):
         if getattr(args, "init_from", None) or getattr(args, "smoke", False):
             return 0.0
         return EMA_MOMENTA[args.minutes >= EMA_MINUTES]
-    if not 0.0 <= ema < 1.0:
-        raise ValueError(f"`--ema` is a momentum in [0, 1) (0: off). Received: --ema {ema:g}")
-    return ema
+    return moving_average.checked(ema)
 
 
 def make_optimizer(name, learning_rate, ema=0.0, ns_steps=NEWTON_SCHULZ_STEPS):

@@ -43,7 +43,7 @@ from keras_transformer.evaluation import quality as evaluation
 from keras_transformer.export import export_saved_model
 from keras_transformer.generation import DecodingConfig, Translator
 from keras_transformer.models import TransformerConfig, build_transformer, float32_copy
-from keras_transformer.recipes import model_options, precision
+from keras_transformer.recipes import model_options, moving_average, precision
 from keras_transformer.training import (
     AtomicBackupAndRestore,
     AtomicBestCheckpoint,
@@ -293,9 +293,7 @@ class TrainingSettings:
         optimizer = getattr(args, "optimizer", None) or (
             "muon" if schedule == "clock" else "adam")
         ema = getattr(args, "ema", None)
-        ema = (0.999 if real_corpus else 0.0) if ema is None else ema
-        if not 0.0 <= ema < 1.0:
-            raise ValueError(f"`--ema` is a momentum in [0, 1) (0: off). Received: --ema {ema:g}")
+        ema = (0.999 if real_corpus else 0.0) if ema is None else moving_average.checked(ema)
         # Weight decay holds off the over-fitting that sets in within a
         # 20-minute budget on spa-eng (docs/recipes.md); it too is measured
         # only with the clock schedule.
